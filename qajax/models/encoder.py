@@ -1,0 +1,440 @@
+"""One encoder family: BERT, ELECTRA and ALBERT in Flax Linen.
+
+The attention and feed-forward math is written once (`attend`, `project_add_norm`); the families differ
+only in where the parameters are named and whether layers share them, so that the parameter tree is
+exactly Hugging Face's Flax layout (`bert/encoder/layer/0/attention/self/query/kernel`,
+`albert/encoder/albert_layer_groups/0/albert_layers/0/attention/query/kernel`, ...). Porting, LoRA
+surgery and export are then path rewrites.
+
+With `scan_layers`, BERT/ELECTRA layer parameters are stacked on a leading axis under
+`encoder/layer/...` (see `qajax.models.layout` for the conversion); ALBERT's one shared group is
+scanned with its parameters broadcast, so its tree does not change.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from qajax.models.config import EncoderConfig
+
+ACTIVATIONS = {
+    "gelu": partial(nn.gelu, approximate=False),
+    "gelu_new": partial(nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
+    "tanh": jnp.tanh,
+}
+
+
+class EncoderOutput(NamedTuple):
+    last_hidden_state: jax.Array  # [batch, seq, hidden]
+    pooler_output: jax.Array | None = None  # [batch, hidden]; BERT/ALBERT with a pooler only
+    hidden_states: jax.Array | None = None  # [num_layers + 1, batch, seq, hidden]: embeddings first
+    attentions: jax.Array | None = None  # [num_attention_layers, batch, heads, seq, seq]
+
+
+def dense(config: EncoderConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=config.compute_dtype,
+        param_dtype=config.params_dtype,
+        kernel_init=nn.initializers.normal(config.initializer_range),
+        name=name,
+    )
+
+
+def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
+    # Flax computes the statistics in float32 even for bf16 inputs.
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=config.params_dtype, name=name
+    )
+
+
+def attention_mask_to_bool(attention_mask: jax.Array) -> jax.Array:
+    """[batch, seq] of 1/0 -> [batch, 1, 1, seq] booleans, True where a key may be attended to."""
+    return (attention_mask > 0)[:, None, None, :]
+
+
+def attend(config, hidden, mask, *, deterministic, output_attentions):
+    """Multi-head self-attention; creates `query`, `key`, `value` in the calling module's scope.
+
+    hidden [batch, seq, hidden], mask [batch, 1, 1, seq] bool -> context [batch, seq, hidden] and the
+    attention probabilities [batch, heads, seq, seq] (or None).
+    """
+    split = lambda x: x.reshape(x.shape[:2] + (config.num_heads, config.head_dim))  # [B, T, N, D]
+    query = split(dense(config, config.hidden_size, "query")(hidden))
+    key = split(dense(config, config.hidden_size, "key")(hidden))
+    value = split(dense(config, config.hidden_size, "value")(hidden))
+
+    dropout_probs = not deterministic and config.attention_dropout > 0.0
+    explicit = output_attentions or dropout_probs or config.attention_implementation == "explicit"
+    if not explicit:
+        implementation = None if config.attention_implementation == "auto" else config.attention_implementation
+        context = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+        return context.reshape(hidden.shape), None
+
+    # The explicit path: needed for dropout on the probabilities and to return them.
+    scores = jnp.einsum("btnd,bsnd->bnts", query, key) / jnp.sqrt(config.head_dim).astype(query.dtype)
+    scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(config.compute_dtype)  # [B, N, T, S]
+    dropped = nn.Dropout(config.attention_dropout)(probs, deterministic=not dropout_probs)
+    context = jnp.einsum("bnts,bsnd->btnd", dropped, value)
+    return context.reshape(hidden.shape), (probs if output_attentions else None)
+
+
+def project_add_norm(config, x, residual, *, deterministic, dense_name="dense", norm_name="LayerNorm"):
+    """LayerNorm(dropout(Dense(x)) + residual): the output of every attention and feed-forward block."""
+    x = dense(config, config.hidden_size, dense_name)(x)
+    x = nn.Dropout(config.hidden_dropout)(x, deterministic=deterministic)
+    return layer_norm(config, norm_name)(x + residual)
+
+
+class SelfAttention(nn.Module):  # BERT: attention/self
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        return attend(
+            self.config, hidden, mask, deterministic=self.deterministic, output_attentions=self.output_attentions
+        )
+
+
+class AddNorm(nn.Module):  # BERT: attention/output and output
+    config: EncoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, residual):
+        return project_add_norm(self.config, x, residual, deterministic=self.deterministic)
+
+
+class Intermediate(nn.Module):  # BERT: intermediate
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, x):
+        return ACTIVATIONS[self.config.hidden_act](dense(self.config, self.config.intermediate_size, "dense")(x))
+
+
+class BertAttention(nn.Module):
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        context, probs = SelfAttention(self.config, self.deterministic, self.output_attentions, name="self")(
+            hidden, mask
+        )
+        return AddNorm(self.config, self.deterministic, name="output")(context, hidden), probs
+
+
+class BertLayer(nn.Module):
+    """One BERT/ELECTRA layer. Returns (hidden, (hidden or None, (probs,) or None)) for scan and loop alike."""
+
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        c = self.config
+        attended, probs = BertAttention(c, self.deterministic, self.output_attentions, name="attention")(hidden, mask)
+        expanded = Intermediate(c, name="intermediate")(attended)
+        hidden = AddNorm(c, self.deterministic, name="output")(expanded, attended)
+        return hidden, _block_extras(hidden, (probs,), self.output_hidden_states, self.output_attentions)
+
+
+class AlbertAttention(nn.Module):  # ALBERT: attention holds query/key/value/dense/LayerNorm together
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        context, probs = attend(
+            self.config, hidden, mask, deterministic=self.deterministic, output_attentions=self.output_attentions
+        )
+        return project_add_norm(self.config, context, hidden, deterministic=self.deterministic), probs
+
+
+class AlbertLayer(nn.Module):
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        c = self.config
+        attended, probs = AlbertAttention(c, self.deterministic, self.output_attentions, name="attention")(hidden, mask)
+        expanded = ACTIVATIONS[c.hidden_act](dense(c, c.intermediate_size, "ffn")(attended))
+        hidden = project_add_norm(
+            c,
+            expanded,
+            attended,
+            deterministic=self.deterministic,
+            dense_name="ffn_output",
+            norm_name="full_layer_layer_norm",
+        )
+        return hidden, probs
+
+
+class AlbertLayerList(nn.Module):  # ALBERT: albert_layers/0..inner_group_size-1
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        all_probs = []
+        for j in range(self.config.inner_group_size):
+            layer = AlbertLayer(self.config, self.deterministic, self.output_attentions, name=str(j))
+            hidden, probs = layer(hidden, mask)
+            all_probs.append(probs)
+        return hidden, tuple(all_probs)
+
+
+class AlbertGroup(nn.Module):
+    """One ALBERT layer group (applied num_layers / num_groups times). Same return shape as BertLayer."""
+
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        layers = AlbertLayerList(self.config, self.deterministic, self.output_attentions, name="albert_layers")
+        hidden, probs = layers(hidden, mask)
+        return hidden, _block_extras(hidden, probs, self.output_hidden_states, self.output_attentions)
+
+
+def _block_extras(hidden, probs, output_hidden_states, output_attentions):
+    return (hidden if output_hidden_states else None, probs if output_attentions else None)
+
+
+def _block_class(config):
+    block = BertLayer if config.family != "albert" else AlbertGroup
+    if config.remat:
+        # prevent_cse only matters outside scan; inside it, it blocks useful optimisations.
+        block = nn.remat(block, prevent_cse=not config.scan_layers)
+    return block
+
+
+class LayerStack(nn.Module):
+    """Applies the num_layers blocks: BERT/ELECTRA `encoder/layer/{i}`, ALBERT `albert_layer_groups/{g}`.
+
+    Returns (hidden, per-block hidden states, per-layer attention probabilities).
+    """
+
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        c = self.config
+        block = _block_class(c)
+        make = lambda name: block(c, self.deterministic, self.output_attentions, self.output_hidden_states, name=name)
+        if c.scan_layers:
+            return self._scan(block, hidden, mask)
+        # ALBERT applies group i // (num_layers / num_groups) at depth i; BERT has a group per layer.
+        layers_per_group = c.num_layers // c.num_groups if c.family == "albert" else 1
+        blocks = {}
+        hidden_states, probs = [], []
+        for i in range(c.num_layers):
+            group = i // layers_per_group
+            if group not in blocks:
+                blocks[group] = make(str(group))
+            hidden, (block_hidden, block_probs) = blocks[group](hidden, mask)
+            hidden_states.append(block_hidden)
+            probs.extend(block_probs or ())
+        return hidden, hidden_states, probs
+
+    def _scan(self, block, hidden, mask):
+        """lax.scan over the layers: BERT params stacked under `scanned`, ALBERT's one group broadcast."""
+        c = self.config
+        if c.family == "albert":
+            lifted = dict(variable_broadcast="params", split_rngs={"params": False, "dropout": True})
+            name = "0"
+        else:
+            lifted = dict(variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True})
+            name = SCANNED_NAME
+        scanned = nn.scan(block, in_axes=nn.broadcast, length=c.num_layers, **lifted)
+        module = scanned(c, self.deterministic, self.output_attentions, self.output_hidden_states, name=name)
+        hidden, (stacked_hidden, stacked_probs) = module(hidden, mask)
+        hidden_states = [] if stacked_hidden is None else list(stacked_hidden)
+        probs = []
+        if stacked_probs is not None:
+            # A tuple over a block's inner layers of [num_layers, B, N, T, S]; flatten layer-major.
+            inner = jnp.stack(stacked_probs, axis=1)
+            probs = list(inner.reshape((-1,) + inner.shape[2:]))
+        return hidden, hidden_states, probs
+
+
+SCANNED_NAME = "scanned"  # encoder/layer/scanned/...: the stacked layer params of a scanned BERT/ELECTRA
+
+
+class BertEncoder(nn.Module):  # BERT/ELECTRA `encoder`
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, mask):
+        stack = LayerStack(
+            self.config, self.deterministic, self.output_attentions, self.output_hidden_states, name="layer"
+        )
+        return hidden, *stack(hidden, mask)
+
+
+class AlbertEncoder(nn.Module):  # ALBERT `encoder`
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+    @nn.compact
+    def __call__(self, embedded, mask):
+        c = self.config
+        hidden = dense(c, c.hidden_size, "embedding_hidden_mapping_in")(embedded)
+        stack = LayerStack(
+            c, self.deterministic, self.output_attentions, self.output_hidden_states, name="albert_layer_groups"
+        )
+        return hidden, *stack(hidden, mask)
+
+
+class Embeddings(nn.Module):
+    """(soft prompt ++ word) + position + token type -> LayerNorm -> dropout, in the embedding dimension.
+
+    `inputs_embeds` replaces the word lookup (SMART perturbs it); `prompt_embeds` [prompt, embedding] or
+    [batch, prompt, embedding] is prepended to the words, as prompt tuning does; the caller passes
+    token types and positions for the prompt and the words together.
+    """
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, *, inputs_embeds, prompt_embeds, deterministic):
+        c = self.config
+        embed = lambda num, name: nn.Embed(
+            num,
+            c.embedding_dim,
+            dtype=c.compute_dtype,
+            param_dtype=c.params_dtype,
+            embedding_init=nn.initializers.normal(c.initializer_range),
+            name=name,
+        )
+        words = embed(c.vocab_size, "word_embeddings")(input_ids) if inputs_embeds is None else inputs_embeds
+        words = words.astype(c.compute_dtype)
+        if prompt_embeds is not None:
+            prompt = prompt_embeds.astype(c.compute_dtype)
+            if prompt.ndim == 2:
+                prompt = jnp.broadcast_to(prompt, (words.shape[0],) + prompt.shape)
+            words = jnp.concatenate([prompt, words], axis=1)
+        hidden = (
+            words
+            + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids)
+            + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
+        )
+        hidden = layer_norm(c, "LayerNorm")(hidden)
+        return nn.Dropout(c.hidden_dropout)(hidden, deterministic=deterministic)
+
+
+class Pooler(nn.Module):  # BERT `pooler/dense`
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, first_token):
+        return jnp.tanh(dense(self.config, self.config.hidden_size, "dense")(first_token))
+
+
+class Encoder(nn.Module):
+    """The encoder body, named by family (`bert`, `electra`, `albert`) by the model that holds it."""
+
+    config: EncoderConfig
+    add_pooling_layer: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids=None,  # [batch, seq] int
+        attention_mask=None,  # [batch, seq] 1 = token, 0 = padding
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        inputs_embeds=None,  # [batch, seq, embedding]: replaces the word-embedding lookup
+        prompt_embeds=None,  # [prompt, embedding] or [batch, prompt, embedding]: prepended soft prompt
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        c = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        batch, seq = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        num_prompt = 0 if prompt_embeds is None else prompt_embeds.shape[-2]
+        if num_prompt + seq > c.max_position_embeddings:
+            raise ValueError(
+                f"{num_prompt} prompt + {seq} tokens exceed max_position_embeddings={c.max_position_embeddings}"
+            )
+        ones = jnp.ones((batch, seq), jnp.int32)
+        attention_mask = ones if attention_mask is None else attention_mask
+        token_type_ids = jnp.zeros_like(ones) if token_type_ids is None else token_type_ids
+        position_ids = jnp.broadcast_to(jnp.arange(seq), (batch, seq)) if position_ids is None else position_ids
+        if num_prompt:
+            # The prompt takes positions 0..P-1 and token type 0, and is always attended to.
+            prompt_ones = jnp.ones((batch, num_prompt), jnp.int32)
+            attention_mask = jnp.concatenate([prompt_ones, attention_mask], axis=1)
+            token_type_ids = jnp.concatenate([0 * prompt_ones, token_type_ids], axis=1)
+            prompt_positions = jnp.broadcast_to(jnp.arange(num_prompt), (batch, num_prompt))
+            position_ids = jnp.concatenate([prompt_positions, position_ids + num_prompt], axis=1)
+
+        embedded = Embeddings(c, name="embeddings")(
+            input_ids,
+            token_type_ids,
+            position_ids,
+            inputs_embeds=inputs_embeds,
+            prompt_embeds=prompt_embeds,
+            deterministic=deterministic,
+        )
+        if c.family == "electra" and c.embedding_dim != c.hidden_size:
+            embedded = dense(c, c.hidden_size, "embeddings_project")(embedded)
+        body = AlbertEncoder if c.family == "albert" else BertEncoder
+        encoder = body(c, deterministic, output_attentions, output_hidden_states, name="encoder")
+        first, hidden, hidden_states, probs = encoder(embedded, attention_mask_to_bool(attention_mask))
+
+        # Drop the soft-prompt positions so that outputs line up with the input tokens.
+        hidden = hidden[:, num_prompt:]
+        pooled = None
+        if self.add_pooling_layer:
+            if c.family == "electra":
+                raise ValueError("ELECTRA has no pooler")
+            if c.family == "albert":
+                pooled = jnp.tanh(dense(c, c.hidden_size, "pooler")(hidden[:, 0]))
+            else:
+                pooled = Pooler(c, name="pooler")(hidden[:, 0])
+        stacked_states = None
+        if output_hidden_states:
+            stacked_states = jnp.stack([first] + hidden_states)[:, :, num_prompt:]
+        stacked_probs = jnp.stack(probs) if output_attentions else None
+        return EncoderOutput(hidden, pooled, stacked_states, stacked_probs)
+
+
+def lookup_word_embeddings(params, config: EncoderConfig, input_ids):
+    """The word embeddings of `input_ids` from a model's params, for callers that perturb them (SMART)."""
+    table = params[config.family]["embeddings"]["word_embeddings"]["embedding"]
+    return jnp.take(table, input_ids, axis=0).astype(config.compute_dtype)

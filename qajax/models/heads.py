@@ -1,0 +1,114 @@
+"""Models = the encoder (named by family, as HF names it) + one head.
+
+All three take the encoder's inputs and options (`inputs_embeds`, `prompt_embeds`, `deterministic`,
+`output_hidden_states`, `output_attentions`) and return a NamedTuple whose logits are float32 whatever
+the compute dtype, so that losses and metrics never see bf16.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from qajax.models.config import EncoderConfig
+from qajax.models.encoder import ACTIVATIONS, Encoder, EncoderOutput, dense
+
+HEADS = ("qa", "classification", "encoder")
+
+
+class SpanLogits(NamedTuple):
+    start_logits: jax.Array  # [batch, seq]
+    end_logits: jax.Array  # [batch, seq]
+    hidden_states: jax.Array | None = None  # [num_layers + 1, batch, seq, hidden]
+    attentions: jax.Array | None = None
+
+
+class ClassLogits(NamedTuple):
+    logits: jax.Array  # [batch, num_labels]; num_labels == 1 is regression
+    hidden_states: jax.Array | None = None
+    attentions: jax.Array | None = None
+
+
+class SpanQAModel(nn.Module):
+    """HF `*ForQuestionAnswering`: a Dense(2) `qa_outputs` on every token."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, **options):
+        c = self.config
+        out = Encoder(c, name=c.family)(input_ids, attention_mask, token_type_ids, position_ids, **options)
+        logits = dense(c, 2, "qa_outputs")(out.last_hidden_state).astype(jnp.float32)  # [B, T, 2]
+        return SpanLogits(logits[..., 0], logits[..., 1], out.hidden_states, out.attentions)
+
+
+class ElectraClassificationHead(nn.Module):  # HF `classifier/{dense,out_proj}`
+    config: EncoderConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, hidden, deterministic):
+        c = self.config
+        dropout = nn.Dropout(c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout)
+        x = dropout(hidden[:, 0], deterministic=deterministic)
+        # ELECTRA's authors use GELU here where BERT's pooler uses tanh (as HF does).
+        x = ACTIVATIONS["gelu"](dense(c, c.hidden_size, "dense")(x))
+        x = dropout(x, deterministic=deterministic)
+        return dense(c, self.num_labels, "out_proj")(x)
+
+
+class ClassificationModel(nn.Module):
+    """HF `*ForSequenceClassification`: pooled [CLS] -> dropout -> `classifier` (ELECTRA: its own head)."""
+
+    config: EncoderConfig
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, **options):
+        c = self.config
+        deterministic = options.get("deterministic", True)
+        pooled_family = c.family != "electra"
+        encoder = Encoder(c, add_pooling_layer=pooled_family, name=c.family)
+        out = encoder(input_ids, attention_mask, token_type_ids, position_ids, **options)
+        if pooled_family:
+            rate = c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout
+            pooled = nn.Dropout(rate)(out.pooler_output, deterministic=deterministic)
+            logits = dense(c, self.num_labels, "classifier")(pooled)
+        else:
+            logits = ElectraClassificationHead(c, self.num_labels, name="classifier")(
+                out.last_hidden_state, deterministic
+            )
+        return ClassLogits(logits.astype(jnp.float32), out.hidden_states, out.attentions)
+
+
+class EncoderModel(nn.Module):
+    """HF `*Model`: the encoder alone (with the pooler for BERT/ALBERT), for features and BERTScore."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, **options
+    ) -> EncoderOutput:
+        c = self.config
+        encoder = Encoder(c, add_pooling_layer=c.family != "electra", name=c.family)
+        return encoder(input_ids, attention_mask, token_type_ids, position_ids, **options)
+
+
+def build_model(config: EncoderConfig, head: str, num_labels: int = 2) -> nn.Module:
+    if head == "qa":
+        return SpanQAModel(config)
+    if head == "classification":
+        return ClassificationModel(config, num_labels)
+    if head == "encoder":
+        return EncoderModel(config)
+    raise ValueError(f"head={head!r}: expected one of {HEADS}")
+
+
+def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Fresh parameters; shapes only depend on the config, so a short dummy batch is enough."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return jax.jit(lambda r: model.init(r, ids)["params"])(rng)
