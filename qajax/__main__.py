@@ -1,0 +1,3 @@
+from qajax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The model a config asks for: pretrained (an HF folder, a qajax checkpoint, or `minilm`) or random."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from qajax.errors import ConfigError
+from qajax.models.config import EncoderConfig
+from qajax.models.spec import ModelSpec
+
+# EncoderConfig fields a config may change on a pretrained model: they do not change its parameters.
+RUNTIME_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "remat",
+    "scan_layers",
+    "attention_implementation",
+    "hidden_dropout",
+    "attention_dropout",
+    "classifier_dropout",
+)
+_NOT_ENCODER = ("pretrained",)
+
+
+def load_or_init(model_config, head: str, *, num_labels: int = 2, seed: int = 0) -> tuple[ModelSpec, dict]:
+    """(spec, host params). `model_config` is the config's `model` section: `pretrained` ('' for random
+    init from the architecture keys) and EncoderConfig fields."""
+    values = {k: v for k, v in model_config.items() if k not in _NOT_ENCODER}
+    known = {f.name for f in dataclasses.fields(EncoderConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]} is not an encoder setting; expected some of {sorted(known)}")
+    source = model_config.get("pretrained") or ""
+    if not source:
+        spec = ModelSpec(EncoderConfig(**values), head, num_labels)
+        model = spec.build()
+        from qajax.models.heads import init_params
+
+        return spec, jax.tree.map(np.asarray, init_params(model, jax.random.key(seed)))
+    architecture = sorted(set(values) - set(RUNTIME_FIELDS))
+    if architecture:
+        raise ConfigError(
+            f"model.pretrained={source!r} fixes the architecture; remove model.{architecture[0]} "
+            f"(a pretrained model takes only {RUNTIME_FIELDS})"
+        )
+    runtime = dict(values)
+    path = _resolve(source)
+    if (path / "spec.json").is_file():
+        from qajax.models.saved import load_model
+
+        _, params, spec = load_model(path, **runtime)
+        if spec.head != head:
+            raise ConfigError(f"model.pretrained={source}: a {spec.head} model, the task needs a {head} head")
+        return spec, params
+    import qajax.hf
+
+    _, params, spec = qajax.hf.from_pretrained(path, head=head, num_labels=num_labels, seed=seed, **runtime)
+    return spec, params
+
+
+def _resolve(source: str) -> Path:
+    if source == "minilm":
+        from qajax.pretrained import MINILM_INSTALL, minilm_dir
+
+        path = minilm_dir()
+        if path is None:
+            raise ConfigError(f"model.pretrained='minilm' needs the checkpoint installed: {MINILM_INSTALL}")
+        return path
+    path = Path(source)
+    if not path.is_dir():
+        raise ConfigError(f"model.pretrained={source!r}: no such folder")
+    return path

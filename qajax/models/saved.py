@@ -1,0 +1,73 @@
+"""A qajax model checkpoint: `spec.json` + `params/` (Orbax) + `tokenizer/` (the HF tokenizer files).
+
+This is what `qajax import-hf` writes and what training starts from; training checkpoints add the
+optimizer state and the data position beside it (see `qajax.train.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from qajax import tree
+from qajax.errors import CheckpointError
+from qajax.files import atomic_directory
+from qajax.models import layout
+from qajax.models.spec import ModelSpec
+
+SPEC_FILE = "spec.json"
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"
+
+
+def save_model(out_dir: str | Path, spec: ModelSpec, params, *, overwrite: bool = False) -> Path:
+    """Params are stored in HF layout (unstacked) so any run-time option can load them."""
+    from qajax.hf import copy_tokenizer
+
+    params = jax.tree.map(np.asarray, jax.device_get(layout.unstack_layers(params)))
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        tokenizer_dir = None
+        if spec.tokenizer_dir:
+            (tmp / TOKENIZER_DIR).mkdir()
+            if copy_tokenizer(spec.tokenizer_dir, tmp / TOKENIZER_DIR):
+                tokenizer_dir = TOKENIZER_DIR  # relative: the folder may move
+        stored = spec.replace(tokenizer_dir=tokenizer_dir)
+        (tmp / SPEC_FILE).write_text(stored.to_json() + "\n")
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / PARAMS_DIR, params)
+    return Path(out_dir)
+
+
+def read_spec(ckpt_dir: str | Path) -> ModelSpec:
+    ckpt_dir = Path(ckpt_dir).absolute()
+    spec = ModelSpec.read(ckpt_dir / SPEC_FILE)
+    if spec.tokenizer_dir and not Path(spec.tokenizer_dir).is_absolute():
+        spec = spec.replace(tokenizer_dir=str(ckpt_dir / spec.tokenizer_dir))
+    return spec
+
+
+def load_model(ckpt_dir: str | Path, **encoder_options):
+    """(model, params, spec); `encoder_options` are run-time EncoderConfig fields (dtype, scan_layers, ...)."""
+    ckpt_dir = Path(ckpt_dir).absolute()
+    spec = read_spec(ckpt_dir)
+    if encoder_options:
+        spec = spec.replace(encoder=spec.encoder.replace(**encoder_options))
+    if not (ckpt_dir / PARAMS_DIR).is_dir():
+        raise CheckpointError(f"{ckpt_dir}: no {PARAMS_DIR}/ folder; not a qajax model checkpoint")
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(ckpt_dir / PARAMS_DIR)
+    params = jax.tree.map(np.asarray, params)
+    from qajax.hf import expected_paths
+
+    expected = expected_paths(spec)
+    found = {path: tuple(np.shape(v)) for path, v in tree.flatten(params).items()}
+    if found != expected:
+        raise CheckpointError(
+            f"{ckpt_dir}: params do not match {SPEC_FILE}: missing {sorted(set(expected) - set(found))[:5]}, "
+            f"unexpected {sorted(set(found) - set(expected))[:5]}, "
+            f"shapes differ at {[p for p in expected if p in found and found[p] != expected[p]][:5]}"
+        )
+    return spec.build(), layout.for_config(params, spec.encoder), spec
