@@ -32,6 +32,16 @@ def _export_hf(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from qajax import config as config_lib
+    from qajax.train.loop import train
+
+    config = config_lib.load(args.config, args.set)
+    summary = train(config, args.workdir)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
 def _demo(args) -> int:
     from qajax.demo import run_demo
 
@@ -43,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qajax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train (or resume) a config in a workdir")
+    p.add_argument("config", help="configs/NAME.py, optionally with :arg")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard; resumed if present")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(run=_train)
 
     p = commands.add_parser("import-hf", help="HF model folder -> qajax checkpoint")
     p.add_argument("src", help="folder with config.json and model.safetensors / pytorch_model.bin / flax_model.msgpack")

@@ -1,0 +1,36 @@
+"""What a task hands the training loop: data as arrays, a model, a loss, an evaluation. Nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import numpy as np
+
+from qajax.errors import ConfigError
+from qajax.models.spec import ModelSpec
+from qajax.train.step import LossFn
+
+
+@dataclasses.dataclass
+class Task:
+    spec: ModelSpec  # what the model is (saved beside checkpoints, used by export)
+    model: nn.Module
+    initial_params: dict  # host (numpy) params: pretrained or freshly initialised
+    loss_fn: LossFn
+    train_arrays: dict[str, np.ndarray]  # [num_examples, ...] each
+    eval_arrays: dict[str, np.ndarray] | None
+    # (predict_fn(params, batch) -> outputs, eval_arrays, outputs gathered in order) -> {"eval/...": value}
+    evaluate: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, float]] | None
+    predict_fn: Callable | None  # params, batch -> per-example outputs (jit-able)
+    tokens_per_example: int  # padded sequence length, for tokens/sec
+
+
+def build_task(config) -> Task:
+    name = config.task.name
+    if name == "synthetic_span":
+        from qajax.tasks.synthetic import build
+
+        return build(config)
+    raise ConfigError(f"task.name={name!r}: expected one of ('synthetic_span',)")

@@ -1,0 +1,82 @@
+"""Training checkpoints: Orbax `CheckpointManager`, asynchronous, the last k plus the best by a metric.
+
+Each step folder holds the whole train state (`state`), the data iterator position (`data`) and the
+metrics it was judged by. Orbax writes to a temporary folder and renames it when complete, so a run killed
+mid-save leaves the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from qajax.errors import CheckpointError
+
+
+class Checkpoints:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        every_steps: int,
+        keep_last: int = 2,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        keep_best: int = 1,
+        asynchronous: bool = True,
+    ):
+        if best_mode not in ("max", "min"):
+            raise CheckpointError(f"checkpoint.best_mode={best_mode!r}: expected 'max' or 'min'")
+        keep = [policies.LatestN(keep_last)]
+        if best_metric:
+            keep.append(
+                policies.BestN(
+                    get_metric_fn=lambda metrics: metrics[best_metric],
+                    reverse=best_mode == "min",
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=every_steps,
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            enable_async_checkpointing=asynchronous,
+            cleanup_tmp_directories=True,
+        )
+        self.every_steps = every_steps
+        self.best_metric = best_metric
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step() if self.best_metric else None
+
+    def save(self, step: int, state, data_position: dict, metrics: dict | None = None, *, force=False) -> bool:
+        """Saves when `step` is on the interval (or `force`); returns whether it did. Returns at once: the
+        write goes on in the background (device arrays are copied first, so the state may be donated)."""
+        if self.best_metric and metrics is not None and self.best_metric not in metrics:
+            raise CheckpointError(f"checkpoint.best_metric={self.best_metric!r} is not among {sorted(metrics)}")
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position))
+        return self.manager.save(step, args=args, metrics=metrics, force=force)
+
+    def restore(self, step: int, abstract_state) -> tuple[object, dict]:
+        """(state, data position) of `step`, laid out as `abstract_state` (shapes, dtypes, shardings)."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        restored = self.manager.restore(step, args=args)
+        return restored["state"], restored["data"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(state):
+    """Shape/dtype/sharding placeholders of `state` for `Checkpoints.restore`."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -1,0 +1,209 @@
+"""The one training loop. It knows no task and no technique: it gets them from `build_task` and the
+step, and does set-up -> restore -> steps with logging, evaluation and checkpoints -> final save."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from qajax import config as config_lib
+from qajax.data.batches import BatchIterator, Position, eval_batches
+from qajax.errors import ConfigError
+from qajax.files import atomic_write_text
+from qajax.models.saved import SPEC_FILE
+from qajax.tasks.base import Task, build_task
+from qajax.train import optim
+from qajax.train.checkpoint import Checkpoints
+from qajax.train.logs import MetricLogger
+from qajax.train.parallel import PMAP_AXIS, Parallel, init_distributed
+from qajax.train.state import TrainState
+from qajax.train.step import make_train_step
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoints"
+
+
+def resolve_steps(train_config, steps_per_epoch: int) -> int:
+    """train.steps, or train.epochs converted to steps (durations become steps before the loop)."""
+    if train_config.steps > 0 and train_config.epochs > 0:
+        raise ConfigError("set train.steps or train.epochs, not both")
+    if train_config.steps > 0:
+        return int(train_config.steps)
+    if train_config.epochs > 0:
+        return max(1, math.ceil(train_config.epochs * steps_per_epoch))
+    raise ConfigError("one of train.steps or train.epochs must be positive")
+
+
+class Evaluator:
+    """Runs `task.predict_fn` over the eval set on every device (last batch padded) and scores it."""
+
+    def __init__(self, task: Task, parallel: Parallel, batch_size: int, param_shardings):
+        self.task, self.parallel, self.batch_size = task, parallel, batch_size
+        self.predict = parallel.compile_predict(task.predict_fn, param_shardings)
+
+    def __call__(self, params) -> dict[str, float]:
+        outputs = []
+        batches = eval_batches(
+            self.task.eval_arrays,
+            batch_size=self.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        for batch in batches:
+            outputs.append(
+                self.parallel.gather_outputs(
+                    self.predict(params, self.parallel.place_batch(batch, accumulation_steps=1))
+                )
+            )
+        num_examples = len(next(iter(self.task.eval_arrays.values())))
+        joined = {k: np.concatenate([o[k] for o in outputs])[:num_examples] for k in outputs[0]}
+        return self.task.evaluate(joined, self.task.eval_arrays)
+
+
+class EarlyStopping:
+    def __init__(self, metric: str, mode: str, patience: int):
+        if mode not in ("max", "min"):
+            raise ConfigError(f"train.early_stopping_mode={mode!r}: expected 'max' or 'min'")
+        self.metric, self.sign, self.patience = metric, (1.0 if mode == "max" else -1.0), patience
+        self.best, self.bad_evals = -math.inf, 0
+
+    def should_stop(self, metrics: dict) -> bool:
+        if not self.metric or self.patience <= 0:
+            return False
+        if self.metric not in metrics:
+            raise ConfigError(f"train.early_stopping_metric={self.metric!r} is not among {sorted(metrics)}")
+        value = self.sign * metrics[self.metric]
+        if value > self.best:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+        return self.bad_evals >= self.patience
+
+
+def train(config, workdir: str | Path) -> dict:
+    """Trains to `train.steps`, resuming from the latest checkpoint in `workdir` if there is one."""
+    workdir = Path(workdir)
+    t, p, c = config.train, config.parallel, config.checkpoint
+
+    # -- processes, devices, task ---------------------------------------------------------------------
+    init_distributed(
+        p.coordinator_address or None, p.num_processes or None, p.process_id if p.process_id >= 0 else None
+    )
+    is_main = jax.process_index() == 0
+    task = build_task(config)
+    parallel = Parallel(p.mode, p.data, p.fsdp, p.fsdp_min_size, t.accumulation_steps)
+    if t.batch_size % (parallel.num_batch_shards * t.accumulation_steps):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} must divide into {parallel.num_batch_shards} devices x "
+            f"train.accumulation_steps={t.accumulation_steps}"
+        )
+
+    # -- durations and optimizer ----------------------------------------------------------------------
+    iterator_args = dict(
+        global_batch_size=t.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        accumulation_steps=t.accumulation_steps,
+    )
+    steps_per_epoch = BatchIterator(task.train_arrays, **iterator_args).steps_per_epoch
+    total_steps = resolve_steps(t, steps_per_epoch)
+    tx, schedule = optim.make_optimizer(
+        config.optimizer, task.initial_params, total_steps=total_steps, steps_per_epoch=steps_per_epoch
+    )
+
+    # -- state: restored, or built where it lives -----------------------------------------------------
+    fp16 = task.spec.encoder.dtype == "float16"
+    make_state = lambda params: TrainState.create(params, tx, seed=config.seed, fp16=fp16)
+    abstract_state = parallel.abstract_state(make_state, task.initial_params)
+    checkpoints = Checkpoints(
+        workdir / CHECKPOINT_DIR,
+        every_steps=c.every_steps,
+        keep_last=c.keep_last,
+        best_metric=c.best_metric or None,
+        best_mode=c.best_mode,
+        keep_best=c.keep_best,
+        asynchronous=c.asynchronous,
+    )
+    start_step = checkpoints.latest_step() or 0
+    if start_step:
+        restored, data_position = checkpoints.restore(start_step, abstract_state)
+        state = parallel.place_state(restored)
+        position = Position.from_json(data_position)
+        log.info("resumed from step %d (%s)", start_step, position)
+    else:
+        state = parallel.create_state(make_state, task.initial_params)
+        position = Position(0, 0)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_lib.save(config, workdir)
+        atomic_write_text(workdir / SPEC_FILE, task.spec.to_json() + "\n")
+
+    # -- compiled functions ---------------------------------------------------------------------------
+    step_fn = make_train_step(
+        task.loss_fn,
+        tx,
+        schedule=schedule,
+        accumulation_steps=t.accumulation_steps,
+        axis_name=PMAP_AXIS if p.mode == "pmap" else None,
+    )
+    step_fn = parallel.compile_step(step_fn, abstract_state)
+    evaluator = None
+    if task.predict_fn is not None and task.eval_arrays is not None:
+        evaluator = Evaluator(task, parallel, t.eval_batch_size, parallel.param_shardings(abstract_state))
+    stopper = EarlyStopping(t.early_stopping_metric, t.early_stopping_mode, t.patience)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    batches = BatchIterator(task.train_arrays, position=position, **iterator_args)
+    batches = parallel.prefetch(batches, t.prefetch)
+    logger = MetricLogger(
+        workdir,
+        is_main_process=is_main,
+        total_steps=total_steps,
+        tensorboard=config.log.tensorboard,
+        progress=config.log.progress,
+        resume_step=start_step,
+    )
+    summary: dict = {"start_step": start_step}
+    last_time, last_step = time.perf_counter(), start_step
+    step = start_step
+    with logger:
+        while step < total_steps:
+            state, metrics = step_fn(state, next(batches))
+            step += 1
+            logger.advance(step)
+            record = {}
+            if step % t.log_every == 0 or step == total_steps:
+                record = parallel.metrics_to_host(metrics)  # the only sync with the devices
+                elapsed = time.perf_counter() - last_time
+                examples = (step - last_step) * t.batch_size
+                record["loss"] = record["train/loss"]
+                record["examples_per_sec"] = examples / elapsed
+                record["tokens_per_sec"] = examples * task.tokens_per_example / elapsed
+                last_time, last_step = time.perf_counter(), step
+            eval_metrics = None
+            if evaluator is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
+                eval_metrics = evaluator(state.params)
+                record.update(eval_metrics)
+                summary.update(eval_metrics)
+            if record:
+                summary.update(logger.write(step, record))
+            stop = eval_metrics is not None and stopper.should_stop(eval_metrics)
+            data_position = Position(step // steps_per_epoch, step % steps_per_epoch).to_json()
+            checkpoints.save(
+                step, parallel.single_copy(state), data_position, eval_metrics, force=stop or step == total_steps
+            )
+            if stop:
+                log.info("early stopping at step %d: %s did not improve", step, t.early_stopping_metric)
+                summary["early_stopped"] = True
+                break
+    checkpoints.wait()
+    checkpoints.close()
+    summary.update(final_step=step, total_steps=total_steps, workdir=str(workdir))
+    summary["compilations"] = parallel.compilations(step_fn)
+    return summary
