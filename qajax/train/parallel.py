@@ -101,14 +101,15 @@ class Parallel:
     def create_state(self, make_state, *args):
         """Runs `make_state(*args)` so that the state is born where it will live (no host copy)."""
         if self.mode == "pmap":
-            return jax.device_put_replicated(jax.jit(make_state)(*args), jax.local_devices())
+            return self.place_state(jax.device_get(jax.jit(make_state)(*args)))
         shardings = self.state_shardings(jax.eval_shape(make_state, *args))
         return jax.jit(make_state, out_shardings=shardings)(*args)
 
     def place_state(self, host_state):
         """A state restored or built on the host, moved to the devices."""
         if self.mode == "pmap":
-            return jax.device_put_replicated(host_state, jax.local_devices())
+            n = jax.local_device_count()
+            return _per_device(jax.tree.map(lambda x: np.broadcast_to(x, (n,) + np.shape(x)), host_state))
         return jax.device_put(host_state, self.state_shardings(host_state))
 
     def single_copy(self, state):
@@ -136,9 +137,9 @@ class Parallel:
             if x.shape[axis] % len(devices):
                 raise ValueError(f"batch axis {x.shape[axis]} is not divisible by {len(devices)} local devices")
             x = x.reshape(x.shape[:axis] + (len(devices), -1) + x.shape[axis + 1 :])
-            return list(np.moveaxis(x, axis, 0))
+            return np.moveaxis(x, axis, 0)
 
-        return {k: jax.device_put_sharded(split(v), devices) for k, v in local_batch.items()}
+        return _per_device({k: split(v) for k, v in local_batch.items()})
 
     def prefetch(self, iterator, size: int):
         return prefetch_to_device(iterator, size, put=self.place_batch)
@@ -194,3 +195,10 @@ class Parallel:
         if self.mode == "pmap":
             metrics = jax.tree.map(lambda x: x[0], metrics)  # identical on every device after psum
         return {k: np.asarray(v).item() for k, v in metrics.items()}
+
+
+def _per_device(stacked):
+    """Host arrays with a leading [local devices] axis -> one slice on each local device (pmap's input)."""
+    devices = np.array(jax.local_devices())
+    sharding = NamedSharding(Mesh(devices, ("local",)), P("local"))
+    return jax.device_put(stacked, sharding)
