@@ -8,12 +8,11 @@ Expected on 2 CPU cores: eval/exact (start and end right) from ~0 to above 90 wi
 
 import ml_collections
 
-from qajax.train import optim
+from qajax.train.defaults import add_engine_sections
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = add_engine_sections(ml_collections.ConfigDict())
 
     config.task = ml_collections.ConfigDict()
     config.task.name = "synthetic_span"
@@ -41,42 +40,6 @@ def get_config():
     config.model.scan_layers = False
     config.model.attention_implementation = "auto"
 
-    config.train = ml_collections.ConfigDict()
-    config.train.steps = 200  # 0: use train.epochs
-    config.train.epochs = 0.0
-    config.train.batch_size = 32  # global, over all devices and processes
-    config.train.accumulation_steps = 1  # micro-batches per step (batch_size / accumulation each)
-    config.train.eval_batch_size = 64  # global; the last batch is padded, never a new shape
-    config.train.log_every = 20
-    config.train.eval_every = 100  # 0: only at the end
-    config.train.early_stopping_metric = ""  # e.g. eval/exact, or eval/loss with mode min
-    config.train.early_stopping_mode = "max"
-    config.train.patience = 0  # evaluations without improvement before stopping (0: never stop)
-    config.train.prefetch = 2  # batches transferred ahead of the step
-
-    config.optimizer = optim.default_config()
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 10
-    config.optimizer.weight_decay = 0.01
-
-    config.parallel = ml_collections.ConfigDict()
-    config.parallel.mode = "mesh"  # mesh (jit + NamedSharding) | pmap
-    config.parallel.data = -1  # devices on the data axis; -1 = all that fsdp leaves
-    config.parallel.fsdp = 1  # > 1 shards params and optimizer state over this many devices
-    config.parallel.fsdp_min_size = 16384  # smaller arrays stay replicated
-    config.parallel.coordinator_address = ""  # multi-host: host:port of process 0 (or QAJAX_COORDINATOR)
-    config.parallel.num_processes = 0
-    config.parallel.process_id = -1
-
-    config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every_steps = 50
-    config.checkpoint.keep_last = 2
-    config.checkpoint.best_metric = ""  # keep also the best by this eval metric, e.g. eval/exact
-    config.checkpoint.best_mode = "max"
-    config.checkpoint.keep_best = 1
-    config.checkpoint.asynchronous = True
-
-    config.log = ml_collections.ConfigDict()
-    config.log.tensorboard = True
-    config.log.progress = True
     return config

