@@ -20,7 +20,8 @@ def get_config():
     config = add_engine_sections(ml_collections.ConfigDict())
     config.task = squad_task()
     config.task.train_file = "../shared/data/squad2/dev-part.json"
-    config.task.eval_titles = ("Force", "Oxygen", "Yuan_dynasty")  # 3 of the 12 articles; 9 train
+    # 3 of the 12 articles (1,010 questions, 49% unanswerable); 9 train (3,601 questions)
+    config.task.eval_titles = ("Normans", "Scottish_Parliament", "Yuan_dynasty")
     config.model = pretrained_section("minilm")
 
     config.train.steps = 0

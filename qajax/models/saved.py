@@ -49,17 +49,27 @@ def read_spec(ckpt_dir: str | Path) -> ModelSpec:
     return spec
 
 
-def load_model(ckpt_dir: str | Path, **encoder_options):
-    """(model, params, spec); `encoder_options` are run-time EncoderConfig fields (dtype, scan_layers, ...)."""
+TRAINING_CHECKPOINTS = "checkpoints"  # a training workdir: spec.json + checkpoints/<step>/state
+
+
+def load_model(ckpt_dir: str | Path, *, step: int | None = None, **encoder_options):
+    """(model, params, spec) from a qajax model checkpoint or a training workdir (its best checkpoint when
+    one was kept by metric, else its latest; or `step`). `encoder_options` are run-time EncoderConfig
+    fields (dtype, scan_layers, ...)."""
     ckpt_dir = Path(ckpt_dir).absolute()
     spec = read_spec(ckpt_dir)
     if encoder_options:
         spec = spec.replace(encoder=spec.encoder.replace(**encoder_options))
-    if not (ckpt_dir / PARAMS_DIR).is_dir():
-        raise CheckpointError(f"{ckpt_dir}: no {PARAMS_DIR}/ folder; not a qajax model checkpoint")
-    with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(ckpt_dir / PARAMS_DIR)
-    params = jax.tree.map(np.asarray, params)
+    if (ckpt_dir / PARAMS_DIR).is_dir():
+        with ocp.StandardCheckpointer() as checkpointer:
+            params = checkpointer.restore(ckpt_dir / PARAMS_DIR)
+    elif (ckpt_dir / TRAINING_CHECKPOINTS).is_dir():
+        params = _training_params(ckpt_dir / TRAINING_CHECKPOINTS, step)
+    else:
+        raise CheckpointError(
+            f"{ckpt_dir}: no {PARAMS_DIR}/ or {TRAINING_CHECKPOINTS}/ folder; not a qajax checkpoint or workdir"
+        )
+    params = layout.unstack_layers(jax.tree.map(np.asarray, params))
     from qajax.hf import expected_paths
 
     expected = expected_paths(spec)
@@ -71,3 +81,13 @@ def load_model(ckpt_dir: str | Path, **encoder_options):
             f"shapes differ at {[p for p in expected if p in found and found[p] != expected[p]][:5]}"
         )
     return spec.build(), layout.for_config(params, spec.encoder), spec
+
+
+def _training_params(directory: Path, step: int | None) -> dict:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        step = step if step is not None else (manager.best_step() or manager.latest_step())
+        if step is None or step not in manager.all_steps():
+            raise CheckpointError(f"{directory}: no checkpoint at step {step}; have {sorted(manager.all_steps())}")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]["params"]

@@ -41,7 +41,8 @@ class Checkpoints:
                 )
             )
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every_steps,
+            # On the interval only (orbax would also save a fresh run's first step by default).
+            save_decision_policy=policies.FixedIntervalPolicy(every_steps),
             preservation_policy=policies.AnyPreservationPolicy(keep),
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=True,
@@ -64,7 +65,7 @@ class Checkpoints:
             if self.best_metric not in metrics:
                 raise CheckpointError(f"checkpoint.best_metric={self.best_metric!r} is not among {sorted(metrics)}")
             # Every evaluation competes for best: one off the save interval would otherwise never be kept.
-            pass
+            force = True
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position))
         return self.manager.save(step, args=args, metrics=metrics, force=force)
 

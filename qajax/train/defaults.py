@@ -17,6 +17,7 @@ def add_engine_sections(config: ml_collections.ConfigDict) -> ml_collections.Con
     config.train.eval_batch_size = 64  # global; the last batch is padded, never a new shape
     config.train.log_every = 20
     config.train.eval_every = 100  # 0: only at the end
+    config.train.eval_at_start = False  # also evaluate the initial model (logged at step 0)
     config.train.early_stopping_metric = ""  # e.g. eval/f1, or eval/loss with mode min
     config.train.early_stopping_mode = "max"
     config.train.patience = 0  # evaluations without improvement before stopping (0: never stop)

@@ -72,8 +72,21 @@ class EarlyStopping:
         self.metric, self.sign, self.patience = metric, (1.0 if mode == "max" else -1.0), patience
         self.best, self.bad_evals = -math.inf, 0
 
+    def state(self) -> dict:
+        """What a checkpoint keeps so that a resumed run stops where an uninterrupted one would."""
+        return {"best": None if self.best == -math.inf else self.best, "bad_evals": self.bad_evals}
+
+    def restore(self, saved: dict | None) -> None:
+        if saved:
+            self.best = -math.inf if saved["best"] is None else saved["best"]
+            self.bad_evals = saved["bad_evals"]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.metric) and self.patience > 0
+
     def should_stop(self, metrics: dict) -> bool:
-        if not self.metric or self.patience <= 0:
+        if not self.active:
             return False
         if self.metric not in metrics:
             raise ConfigError(f"train.early_stopping_metric={self.metric!r} is not among {sorted(metrics)}")
@@ -131,10 +144,12 @@ def train(config, workdir: str | Path) -> dict:
         asynchronous=c.asynchronous,
     )
     start_step = checkpoints.latest_step() or 0
+    stopper = EarlyStopping(t.early_stopping_metric, t.early_stopping_mode, t.patience)
     if start_step:
         restored, data_position = checkpoints.restore(start_step, abstract_state)
         state = parallel.place_state(restored)
-        position = Position(0, 0)
+        position = Position.from_json(data_position)
+        stopper.restore(data_position.get("early_stopping"))
         log.info("resumed from step %d (%s)", start_step, position)
     else:
         state = parallel.create_state(make_state, task.initial_params)
@@ -156,7 +171,6 @@ def train(config, workdir: str | Path) -> dict:
     evaluator = None
     if task.predict_fn is not None and task.eval_arrays is not None:
         evaluator = Evaluator(task, parallel, t.eval_batch_size, parallel.param_shardings(abstract_state))
-    stopper = EarlyStopping(t.early_stopping_metric, t.early_stopping_mode, t.patience)
 
     # -- the loop -------------------------------------------------------------------------------------
     batches = BatchIterator(task.train_arrays, position=position, **iterator_args)
@@ -173,6 +187,9 @@ def train(config, workdir: str | Path) -> dict:
     last_time, last_step = time.perf_counter(), start_step
     step = start_step
     with logger:
+        if evaluator is not None and t.eval_at_start and start_step == 0:
+            summary["initial"] = evaluator(state.params)
+            logger.write(0, summary["initial"])
         while step < total_steps:
             state, metrics = step_fn(state, next(batches))
             step += 1
@@ -195,6 +212,8 @@ def train(config, workdir: str | Path) -> dict:
                 summary.update(logger.write(step, record))
             stop = eval_metrics is not None and stopper.should_stop(eval_metrics)
             data_position = Position(step // steps_per_epoch, step % steps_per_epoch).to_json()
+            if stopper.active:
+                data_position["early_stopping"] = stopper.state()
             checkpoints.save(
                 step, parallel.single_copy(state), data_position, eval_metrics, force=stop or step == total_steps
             )

@@ -1,0 +1,91 @@
+"""Span QA on new data with a trained model: `qajax eval` (metrics + prediction files) and `qajax predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from qajax.data.batches import eval_batches
+from qajax.errors import CheckpointError
+from qajax.tasks.squad import metric, postprocess
+from qajax.tasks.squad.data import Example
+from qajax.tasks.squad.features import FeatureConfig, featurize
+from qajax.tasks.squad.task import MODEL_INPUTS, load_tokenizer, metric_dataset
+
+
+def load_qa_model(path: str | Path, **runtime):
+    """(model, params, spec) from a training workdir, a qajax model checkpoint or an HF folder."""
+    path = Path(path)
+    if (path / "spec.json").is_file():
+        from qajax.models.saved import load_model
+
+        model, params, spec = load_model(path, **runtime)
+    else:
+        import qajax.hf
+
+        model, params, spec = qajax.hf.from_pretrained(path, head="qa", **runtime)
+    if spec.head != "qa":
+        raise CheckpointError(f"{path}: a {spec.head} model; span QA needs a qa head")
+    return model, params, spec
+
+
+class SpanPredictor:
+    """Windows -> logits (one compiled shape: the last batch is padded) -> n-best answers."""
+
+    def __init__(self, model, params, spec, *, feature_config: FeatureConfig, batch_size: int = 32, tokenizer=None):
+        self.params, self.feature_config, self.batch_size = params, feature_config, batch_size
+        self.tokenizer = tokenizer or load_tokenizer(spec)
+        self.logits = jax.jit(
+            lambda params, batch: model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))[:2]
+        )
+
+    def __call__(self, examples, *, n_best=20, max_answer_length=30, null_threshold=0.0, version_2=True):
+        features = featurize(examples, self.tokenizer, self.feature_config, for_training=False)
+        starts, ends = [], []
+        for batch in eval_batches({k: features[k] for k in MODEL_INPUTS}, batch_size=self.batch_size):
+            start, end = jax.device_get(self.logits(self.params, batch))
+            starts.append(start)
+            ends.append(end)
+        count = len(features["input_ids"])
+        start_logits, end_logits = np.concatenate(starts)[:count], np.concatenate(ends)[:count]
+        return postprocess.postprocess(
+            examples,
+            features,
+            start_logits,
+            end_logits,
+            n_best=n_best,
+            max_answer_length=max_answer_length,
+            null_threshold=null_threshold,
+            version_2=version_2,
+        )
+
+
+def evaluate(predictor: SpanPredictor, examples, *, out_dir=None, version_2=True, **options) -> dict:
+    predictions, nbest, null_odds = predictor(examples, version_2=version_2, **options)
+    if out_dir is not None:
+        postprocess.write_predictions(out_dir, predictions, nbest, null_odds)
+    dataset = metric_dataset(examples)
+    if version_2:
+        return metric.evaluate_v2(dataset, predictions, na_probs=null_odds)
+    return metric.evaluate_v1(dataset, predictions)
+
+
+def answer(predictor: SpanPredictor, question: str, context: str | list[str], **options) -> dict:
+    """The best answer to one question over one or several contexts: text, score, span, no-answer odds."""
+    contexts = (context,) if isinstance(context, str) else tuple(context)
+    example = Example("question", question, contexts, ())
+    predictions, nbest, null_odds = predictor([example], **options)
+    best = next((n for n in nbest["question"] if n["char_start"] >= 0), None)
+    result = {"question": question, "answer": predictions["question"], "null_odds": null_odds.get("question")}
+    if best is not None:
+        result.update(
+            best_span=best["text"],
+            score=best["start_logit"] + best["end_logit"],
+            probability=best["probability"],
+            context_index=best["context_index"],
+            char_start=best["char_start"],
+            char_end=best["char_end"],
+        )
+    return result
