@@ -20,10 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from qajax.models.config import EncoderConfig
 from qajax.models.heads import build_model, init_params
 from qajax.tasks.squad.loss import span_loss
+from qajax.train.parallel import PMAP_AXIS, Parallel
 from qajax.train.state import TrainState
 from qajax.train.step import make_train_step
 
@@ -74,8 +77,9 @@ def synthetic_batch(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def qajax_step(shape: Shape, **encoder_options):
-    """(step, state, batch) for our plain span-QA step; techniques add entries the same way."""
+def qajax_step(shape: Shape, mode: str = "mesh", **encoder_options):
+    """(step, state, batch) for our plain span-QA step through the engine's parallel layer (mesh or pmap);
+    techniques add entries the same way."""
     model = build_model(shape.encoder(**encoder_options), "qa")
     params = init_params(model, jax.random.key(0))
 
@@ -91,9 +95,28 @@ def qajax_step(shape: Shape, **encoder_options):
         return span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"])
 
     tx = optax.adamw(3e-5)
-    step = jax.jit(make_train_step(loss_fn, tx), donate_argnums=0)
-    state = TrainState.create(params, tx, seed=0)
-    return step, state, jax.device_put(synthetic_batch(shape))
+    parallel = Parallel(mode)
+    make_state = lambda p: TrainState.create(p, tx, seed=0)
+    abstract = parallel.abstract_state(make_state, params)
+    axis = PMAP_AXIS if mode == "pmap" else None
+    step = parallel.compile_step(make_train_step(loss_fn, tx, axis_name=axis), abstract)
+    state = parallel.create_state(make_state, params)
+    return step, state, parallel.place_batch(synthetic_batch(shape))
+
+
+def qajax_eval(shape: Shape, mode: str = "mesh"):
+    """(predict, params, batch): the forward pass alone, as evaluation runs it."""
+    model = build_model(shape.encoder(), "qa")
+    params = init_params(model, jax.random.key(0))
+    parallel = Parallel(mode)
+    predict = parallel.compile_predict(
+        lambda p, b: model.apply({"params": p}, b["input_ids"], b["attention_mask"], b["token_type_ids"])[:2],
+        None if mode == "pmap" else jax.tree.map(lambda _: NamedSharding(parallel.mesh, P()), params),
+    )
+    if mode == "pmap":
+        params = parallel.place_state(params)
+    step = lambda params, batch: (params, {"train/loss": predict(params, batch)[0]})
+    return step, params, parallel.place_batch(synthetic_batch(shape))
 
 
 def hf_flax_step(shape: Shape):
@@ -202,9 +225,12 @@ def peak_memory_bytes() -> int | None:
     return None
 
 
-def run(shape: Shape, names: list[str], *, steps: int = 10, warmup: int = 2, peak_flops: float | None = None) -> dict:
+def run(
+    shape: Shape, names: list[str], *, steps: int = 10, warmup: int = 2, peak_flops: float | None = None, mode="mesh"
+) -> dict:
     builders = {
-        "qajax": lambda: qajax_step(shape),
+        "qajax": lambda: qajax_step(shape, mode),
+        "qajax-eval": lambda: qajax_eval(shape, mode),
         "hf-flax": lambda: hf_flax_step(shape),
         "hf-pytorch": lambda: hf_pytorch_step(shape),
     }
@@ -220,6 +246,7 @@ def run(shape: Shape, names: list[str], *, steps: int = 10, warmup: int = 2, pea
         timing = time_step(step, state, batch, steps=steps, warmup=warmup, sync=sync)
         del step, state, batch
         seconds = timing["step_seconds"]
+        step_flops = flops / 3 if name.endswith("-eval") else flops  # forward only
         results.append(
             {
                 "name": name,
@@ -227,17 +254,17 @@ def run(shape: Shape, names: list[str], *, steps: int = 10, warmup: int = 2, pea
                 "tokens_per_sec": shape.batch_size * shape.seq_len / seconds,
                 "step_ms": 1e3 * seconds,
                 "compile_seconds": timing["compile_seconds"],
-                "mfu": flops / seconds / peak,
+                "mfu": step_flops / seconds / peak,
             }
         )
     base = next((r["step_ms"] for r in results if r["name"] == "qajax"), results[0]["step_ms"])
     for r in results:
-        r["ratio"] = r["step_ms"] / base  # step time relative to the plain qajax step
+        r["ratio"] = r["step_ms"] / base  # step time relative to the plain qajax train step
     device = jax.devices()[0]
     return {
         "device": f"{device.platform}:{device.device_kind} x{jax.device_count()} ({platform.processor() or 'cpu'})",
-        "config": {**dataclasses.asdict(shape), "steps": steps, "warmup": warmup, "train_flops_per_step": flops,
-                   "peak_flops": peak, "peak_flops_source": peak_source},
+        "config": {**dataclasses.asdict(shape), "mode": mode, "steps": steps, "warmup": warmup,
+                   "train_flops_per_step": flops, "peak_flops": peak, "peak_flops_source": peak_source},
         "results": results,
         "peak_device_memory_bytes": peak_memory_bytes(),
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -260,3 +287,26 @@ def markdown(report: dict) -> str:
             f"{r['ratio']:.2f} | {100 * r['mfu']:.1f}% | {r['compile_seconds']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def plot(report: dict, path) -> None:
+    """Examples/s per entry as a bar chart (PNG), the table's numbers beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(results) + 3, 3.5))
+    bars = ax.bar([r["name"] for r in results], [r["examples_per_sec"] for r in results], color="#4477aa")
+    for bar, r in zip(bars, results, strict=True):
+        ax.annotate(f"{r['ratio']:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                    va="bottom", fontsize=8)  # fmt: skip
+    c = report["config"]
+    ax.set_ylabel("train examples / s")
+    shape = f"{c['num_layers']}L H{c['hidden_size']} seq {c['seq_len']} batch {c['batch_size']} {c['dtype']}"
+    ax.set_title(f"{report['device']}\n{shape} ({c['mode']}); label: step time / qajax", fontsize=8)
+    plt.xticks(rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -114,6 +114,28 @@ def _add_span_options(p) -> None:
     p.add_argument("--null-threshold", type=float, default=0.0, help='predict "" when null - best span > this')
 
 
+PRESETS = {
+    "minilm": dict(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536, seq_len=128, batch_size=16),
+    "bert-base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072, seq_len=384, batch_size=32),
+}
+
+
+def _bench(args) -> int:
+    from qajax import bench
+
+    values = dict(PRESETS[args.preset], dtype=args.dtype)
+    for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "seq_len", "batch_size"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    shape = bench.Shape(**values)
+    names = [n for n in args.entries.split(",") if n]
+    report = bench.run(shape, names, steps=args.steps, warmup=args.warmup, peak_flops=args.peak_flops, mode=args.mode)
+    if args.png:
+        bench.plot(report, args.png)
+    print(json.dumps(report) if args.json else bench.markdown(report))
+    return 0
+
+
 def _demo(args) -> int:
     from qajax.demo import run_demo
 
@@ -169,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--na-prob", default=None, help="null_odds.json (v2.0)")
     p.add_argument("--na-prob-thresh", type=float, default=1.0)
     p.set_defaults(run=_squad_eval)
+
+    p = commands.add_parser("bench", help="train-step throughput, compile time, memory and MFU, side by side")
+    p.add_argument("--preset", default="minilm", choices=sorted(PRESETS))
+    for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "seq_len", "batch_size"):
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--mode", default="mesh", choices=("mesh", "pmap"))
+    p.add_argument("--entries", default="qajax,qajax-eval,hf-flax,hf-pytorch", help="comma-separated")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: detected)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the markdown table")
+    p.add_argument("--png", default=None, help="also write a bar chart here")
+    p.set_defaults(run=_bench)
 
     p = commands.add_parser("demo", help="the embedded default job (see README)")
     p.add_argument("--workdir", default="runs/demo")

@@ -224,4 +224,4 @@ def test_cli_import_then_export_round_trip(tmp_path, capsys):
     # Errors reach the user as one line and exit status 2.
     shutil.rmtree(tmp_path / "ckpt" / "params")
     assert cli_main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf2")]) == 2
-    assert "no params/ folder" in capsys.readouterr().err
+    assert "no params/ or checkpoints/ folder" in capsys.readouterr().err
