@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from qajax.models.config import EncoderConfig
 from qajax.models.heads import build_model, init_params
+from qajax.tasks.span import make_forward, make_output_loss
 from qajax.tasks.squad.loss import span_loss
 from qajax.train.parallel import PMAP_AXIS, Parallel
 from qajax.train.state import TrainState
@@ -83,17 +84,8 @@ def qajax_step(shape: Shape, mode: str = "mesh", **encoder_options):
     model = build_model(shape.encoder(**encoder_options), "qa")
     params = init_params(model, jax.random.key(0))
 
-    def loss_fn(params, batch, rng, extras):
-        out = model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            deterministic=False,
-            rngs={"dropout": rng},
-        )
-        return span_loss(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"])
-
+    forward, output_loss = make_forward(model), make_output_loss()
+    loss_fn = lambda params, batch, rng, extras: output_loss(forward(params, batch, rng, deterministic=False), batch)
     tx = optax.adamw(3e-5)
     parallel = Parallel(mode)
     make_state = lambda p: TrainState.create(p, tx, seed=0)

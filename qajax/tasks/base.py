@@ -18,13 +18,27 @@ class Task:
     spec: ModelSpec  # what the model is (saved beside checkpoints, used by export)
     model: nn.Module
     initial_params: dict  # host (numpy) params: pretrained or freshly initialised
-    loss_fn: LossFn
+    # forward(params, batch, rng, *, deterministic, **model_options) -> model outputs
+    forward: Callable
+    # output_loss(outputs, batch) -> (mean loss, aux with "weight")
+    output_loss: Callable
+    # logits(outputs) -> the array techniques compare between models (distillation, SMART)
+    logits: Callable
     train_arrays: dict[str, np.ndarray]  # [num_examples, ...] each
     eval_arrays: dict[str, np.ndarray] | None
     # (predict_fn(params, batch) -> outputs, eval_arrays, outputs gathered in order) -> {"eval/...": value}
     evaluate: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, float]] | None
     predict_fn: Callable | None  # params, batch -> per-example outputs (jit-able)
     tokens_per_example: int  # padded sequence length, for tokens/sec
+
+    @property
+    def loss_fn(self) -> LossFn:
+        """The plain task loss as the step wants it; techniques wrap this."""
+
+        def loss_fn(params, batch, rng, extras):
+            return self.output_loss(self.forward(params, batch, rng, deterministic=False), batch)
+
+        return loss_fn
 
 
 def build_task(config) -> Task:

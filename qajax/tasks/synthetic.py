@@ -12,7 +12,7 @@ import numpy as np
 
 from qajax.models.factory import load_or_init
 from qajax.tasks.base import Task
-from qajax.tasks.squad.loss import span_loss
+from qajax.tasks.span import make_forward, make_output_loss, span_logits
 
 PAD, OPEN, CLOSE, FIRST_WORD = 0, 3, 4, 5
 
@@ -45,27 +45,10 @@ def build(config) -> Task:
     train = generate(t.num_train, t.seq_len, t.vocab_size, t.answer_length, seed=config.seed)
     held_out = generate(t.num_eval, t.seq_len, t.vocab_size, t.answer_length, seed=config.seed + 1)
 
-    def loss_fn(params, batch, rng, extras):
-        out = model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            deterministic=False,
-            rngs={"dropout": rng},
-        )
-        return span_loss(
-            out.start_logits,
-            out.end_logits,
-            batch["start_positions"],
-            batch["end_positions"],
-            batch.get("example_weight"),
-            start_weight=t.start_weight,
-            end_weight=t.end_weight,
-        )
+    forward = make_forward(model)
 
     def predict_fn(params, batch):
-        out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        out = forward(params, batch)
         return {"start": out.start_logits.argmax(-1), "end": out.end_logits.argmax(-1)}
 
     def evaluate(outputs, arrays):
@@ -77,7 +60,9 @@ def build(config) -> Task:
         spec=spec,
         model=model,
         initial_params=jax.tree.map(np.asarray, params),
-        loss_fn=loss_fn,
+        forward=forward,
+        output_loss=make_output_loss(t.start_weight, t.end_weight),
+        logits=span_logits,
         train_arrays=train,
         eval_arrays=held_out,
         evaluate=evaluate,

@@ -17,6 +17,7 @@ from qajax.errors import ConfigError
 from qajax.files import atomic_write_text
 from qajax.models.saved import SPEC_FILE
 from qajax.tasks.base import Task, build_task
+from qajax.techniques import apply_techniques, build_techniques
 from qajax.train import optim
 from qajax.train.checkpoint import Checkpoints
 from qajax.train.logs import MetricLogger
@@ -109,6 +110,8 @@ def train(config, workdir: str | Path) -> dict:
     )
     is_main = jax.process_index() == 0
     task = build_task(config)
+    techniques = build_techniques(config, task)
+    task, optimizer_config, init_extras = apply_techniques(task, techniques, config.optimizer)
     parallel = Parallel(p.mode, p.data, p.fsdp, p.fsdp_min_size, t.accumulation_steps)
     if t.batch_size % (parallel.num_batch_shards * t.accumulation_steps):
         raise ConfigError(
@@ -127,12 +130,12 @@ def train(config, workdir: str | Path) -> dict:
     steps_per_epoch = BatchIterator(task.train_arrays, **iterator_args).steps_per_epoch
     total_steps = resolve_steps(t, steps_per_epoch)
     tx, schedule = optim.make_optimizer(
-        config.optimizer, task.initial_params, total_steps=total_steps, steps_per_epoch=steps_per_epoch
+        optimizer_config, task.initial_params, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
 
     # -- state: restored, or built where it lives -----------------------------------------------------
     fp16 = task.spec.encoder.dtype == "float16"
-    make_state = lambda params: TrainState.create(params, tx, seed=config.seed, fp16=fp16)
+    make_state = lambda params: TrainState.create(params, tx, seed=config.seed, extras=init_extras(params), fp16=fp16)
     abstract_state = parallel.abstract_state(make_state, task.initial_params)
     checkpoints = Checkpoints(
         workdir / CHECKPOINT_DIR,
@@ -164,6 +167,7 @@ def train(config, workdir: str | Path) -> dict:
         task.loss_fn,
         tx,
         schedule=schedule,
+        techniques=techniques,
         accumulation_steps=t.accumulation_steps,
         axis_name=PMAP_AXIS if p.mode == "pmap" else None,
     )

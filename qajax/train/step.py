@@ -27,7 +27,7 @@ class Technique(Protocol):
 
     def wrap_loss(self, loss_fn: LossFn) -> LossFn: ...
 
-    def update_extras(self, extras: dict, params, step: jax.Array) -> dict: ...
+    def update_extras(self, own_extras, params, step: jax.Array): ...  # its own entry, extras[technique.name]
 
 
 def compose_loss(loss_fn: LossFn, techniques: Sequence[Any]) -> LossFn:
@@ -53,7 +53,7 @@ def make_train_step(
     over the devices of that axis; in mesh mode XLA inserts the reductions itself.
     """
     full_loss = compose_loss(loss_fn, techniques)
-    extras_updates = [t.update_extras for t in techniques if hasattr(t, "update_extras")]
+    updating = [t for t in techniques if hasattr(t, "update_extras")]
 
     def weighted_grads(params, batch, rng, extras, loss_scale):
         """Example-weighted sums of loss, grads and aux over one (micro-)batch."""
@@ -101,22 +101,28 @@ def make_train_step(
         finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(grad_norm)
         return _apply(state, grads, finite, grad_norm, metrics)
 
-    def _apply(state, grads, finite, grad_norm, metrics):
+    def update(state, grads):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        extras = state.extras
-        for update in extras_updates:
-            extras = update(extras, params, state.step + 1)
-        # A non-finite loss or gradient keeps the old params, optimizer and technique state.
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        extras = dict(state.extras)
+        for technique in updating:
+            extras[technique.name] = technique.update_extras(extras[technique.name], params, state.step + 1)
+        return params, opt_state, extras
+
+    def _apply(state, grads, finite, grad_norm, metrics):
+        # A non-finite loss or gradient keeps the old params, optimizer and technique state. The select
+        # fuses into the elementwise optimizer update, so it costs no extra pass over the state.
+        new = update(state, grads)
+        old = (state.params, state.opt_state, state.extras)
+        params, opt_state, extras = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         dynamic_scale = state.dynamic_scale
         if dynamic_scale is not None:
             dynamic_scale = _update_loss_scale(dynamic_scale, finite)
         new_state = state.replace(
             step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            extras=keep(extras, state.extras),
+            params=params,
+            opt_state=opt_state,
+            extras=extras,
             nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
             dynamic_scale=dynamic_scale,
         )

@@ -9,10 +9,11 @@ import numpy as np
 
 from qajax.data.batches import eval_batches
 from qajax.errors import CheckpointError
+from qajax.tasks.span import MODEL_INPUTS
 from qajax.tasks.squad import metric, postprocess
 from qajax.tasks.squad.data import Example
 from qajax.tasks.squad.features import FeatureConfig, featurize
-from qajax.tasks.squad.task import MODEL_INPUTS, load_tokenizer, metric_dataset
+from qajax.tasks.squad.task import load_tokenizer, metric_dataset
 
 
 def load_qa_model(path: str | Path, **runtime):

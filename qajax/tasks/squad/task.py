@@ -12,14 +12,12 @@ import numpy as np
 from qajax.errors import ConfigError
 from qajax.models.factory import load_or_init
 from qajax.tasks.base import Task
+from qajax.tasks.span import LABELS, MODEL_INPUTS, make_forward, make_output_loss, predict_logits, span_logits
 from qajax.tasks.squad import data, metric, postprocess
 from qajax.tasks.squad.features import FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
-from qajax.tasks.squad.loss import span_loss
 
 log = logging.getLogger(__name__)
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-LABELS = ("start_positions", "end_positions")
 GENERATED = "generated"  # task.train_file / eval_file: the run-time generated data set of the demo
 
 
@@ -145,33 +143,18 @@ def build(config) -> Task:
         eval_features = featurize_cached(eval_examples, tokenizer, feature_config, for_training=False, cache_dir=cache)
     log.info("squad: %d train questions -> %d windows", len(train_examples), len(train_features["input_ids"]))
 
-    def loss_fn(params, batch, rng, extras):
-        out = model.apply(
-            {"params": params}, *(batch[k] for k in MODEL_INPUTS), deterministic=False, rngs={"dropout": rng}
-        )
-        return span_loss(
-            out.start_logits,
-            out.end_logits,
-            batch["start_positions"],
-            batch["end_positions"],
-            batch.get("example_weight"),
-            start_weight=t.start_weight,
-            end_weight=t.end_weight,
-        )
-
-    def predict_fn(params, batch):
-        out = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))
-        return {"start_logits": out.start_logits, "end_logits": out.end_logits}
-
+    forward = make_forward(model)
     evaluation = SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None
     return Task(
         spec=spec,
         model=model,
         initial_params=jax.tree.map(np.asarray, params),
-        loss_fn=loss_fn,
+        forward=forward,
+        output_loss=make_output_loss(t.start_weight, t.end_weight),
+        logits=span_logits,
         train_arrays={k: train_features[k] for k in MODEL_INPUTS + LABELS},
         eval_arrays={k: eval_features[k] for k in MODEL_INPUTS} if eval_examples else None,
         evaluate=evaluation,
-        predict_fn=predict_fn,
+        predict_fn=predict_logits(forward),
         tokens_per_example=t.max_seq_length,
     )

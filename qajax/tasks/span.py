@@ -1,0 +1,52 @@
+"""What every span-QA task shares: the forward pass over the model inputs, the span loss on its outputs,
+and the logits that techniques (distillation, SMART) compare."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from qajax.tasks.squad.loss import span_loss
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LABELS = ("start_positions", "end_positions")
+
+
+def make_forward(model):
+    def forward(params, batch, rng=None, *, deterministic=True, **model_options):
+        """Model outputs for a batch; `model_options` reach the encoder (inputs_embeds, prompt_embeds, ...)."""
+        inputs = [batch[k] for k in MODEL_INPUTS]
+        if "inputs_embeds" in model_options:
+            inputs[0] = None  # the embeddings replace the ids
+        rngs = {} if deterministic else {"dropout": rng}
+        return model.apply({"params": params}, *inputs, deterministic=deterministic, rngs=rngs, **model_options)
+
+    return forward
+
+
+def make_output_loss(start_weight: float = 1.0, end_weight: float = 1.0):
+    def output_loss(outputs, batch):
+        return span_loss(
+            outputs.start_logits,
+            outputs.end_logits,
+            batch["start_positions"],
+            batch["end_positions"],
+            batch.get("example_weight"),
+            start_weight=start_weight,
+            end_weight=end_weight,
+        )
+
+    return output_loss
+
+
+def span_logits(outputs) -> jax.Array:
+    """[batch, 2, seq]: start and end logits together, the quantity a teacher and a student compare."""
+    return jnp.stack([outputs.start_logits, outputs.end_logits], axis=1)
+
+
+def predict_logits(forward):
+    def predict(params, batch):
+        out = forward(params, batch)
+        return {"start_logits": out.start_logits, "end_logits": out.end_logits}
+
+    return predict

@@ -1,0 +1,72 @@
+"""Fine-tuning techniques as small transforms around the task and the step (see ../shared/STYLE.md).
+
+A technique is built from its config section and the task, and may contribute any of these hooks:
+
+    prepare_params(params) -> params           parameter surgery before training (LoRA adapters, prompts)
+    wrap_forward(forward) -> forward           how params reach the model (LoRA merge, prompt prepend)
+    bind(task)                                 receives the final task (wrapped forward) before wrap_loss
+    wrap_loss(loss_fn) -> loss_fn              loss transforms (distillation, SMART, L2)
+    init_extras(params) -> dict                its state in `TrainState.extras[name]` (teachers, ...)
+    update_extras(extras, params, step)        updated inside the compiled step after each update
+    frozen_patterns(params) -> [regex]         parameters the optimizer must not touch
+    finalize_params(params) -> params          back to plain model params for export (LoRA merge)
+
+`apply_techniques` wires them in the one place the loop calls; the step and the loop know none of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qajax.errors import ConfigError
+
+REGISTRY: dict[str, str] = {}  # config section name -> "module:builder", filled as techniques land
+
+
+def build_techniques(config, task) -> list:
+    """The techniques whose config section is enabled, in a fixed order (param transforms first)."""
+    section = config.get("techniques") if "techniques" in config else None
+    if section is None:
+        return []
+    built = []
+    for name in section:
+        if name not in REGISTRY:
+            raise ConfigError(f"techniques.{name}: unknown technique; expected one of {sorted(REGISTRY)}")
+        if not section[name].get("enabled", False):
+            continue
+        module_name, builder = REGISTRY[name].split(":")
+        module = __import__(f"qajax.techniques.{module_name}", fromlist=[builder])
+        built.append(getattr(module, builder)(section[name], task))
+    return built
+
+
+def apply_techniques(task, techniques, optimizer_config):
+    """(task with prepared params and wrapped forward, optimizer config with frozen patterns,
+    init_extras(params) -> the techniques' initial state, traced inside the state's creation)."""
+    params, forward = task.initial_params, task.forward
+    for t in techniques:
+        if hasattr(t, "prepare_params"):
+            params = t.prepare_params(params)
+    for t in techniques:
+        if hasattr(t, "wrap_forward"):
+            forward = t.wrap_forward(forward)
+    frozen = list(optimizer_config.frozen)
+    for t in techniques:
+        if hasattr(t, "frozen_patterns"):
+            frozen.extend(t.frozen_patterns(params))
+    optimizer_config = optimizer_config.copy_and_resolve_references()
+    with optimizer_config.unlocked():
+        optimizer_config.frozen = tuple(dict.fromkeys(frozen))
+    task = dataclasses.replace(task, initial_params=params, forward=forward)
+    for t in techniques:
+        if hasattr(t, "bind"):
+            t.bind(task)
+    init_extras = lambda p: {t.name: t.init_extras(p) for t in techniques if hasattr(t, "init_extras")}
+    return task, optimizer_config, init_extras
+
+
+def finalize_params(techniques, params):
+    for t in reversed(techniques):
+        if hasattr(t, "finalize_params"):
+            params = t.finalize_params(params)
+    return params
