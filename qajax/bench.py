@@ -57,6 +57,17 @@ class Shape:
             **options,
         )
 
+    def hf_config(self):
+        import transformers
+
+        return transformers.BertConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+        )
+
     def train_flops(self) -> float:
         """Model FLOPs of one train step (forward + backward = 3x forward), matmuls only: per token and
         layer 2 * (4 H^2 + 2 H I) for the projections and 2 * 2 * T * H for scores and context."""
@@ -114,13 +125,7 @@ def qajax_eval(shape: Shape, mode: str = "mesh"):
 def hf_flax_step(shape: Shape):
     import transformers
 
-    config = transformers.BertConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        intermediate_size=shape.intermediate_size,
-    )
+    config = shape.hf_config()
     model = transformers.FlaxBertForQuestionAnswering(config, seed=0, dtype=jnp.dtype(shape.dtype))
     tx = optax.adamw(3e-5)
 
@@ -152,13 +157,7 @@ def hf_pytorch_step(shape: Shape):
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        intermediate_size=shape.intermediate_size,
-    )
+    config = shape.hf_config()
     model = transformers.BertForQuestionAnswering(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5)
     batch = {k: torch.tensor(v).long() for k, v in synthetic_batch(shape).items()}

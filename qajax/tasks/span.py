@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from qajax.tasks.squad.loss import span_loss
 
@@ -50,3 +51,22 @@ def predict_logits(forward):
         return {"start_logits": out.start_logits, "end_logits": out.end_logits}
 
     return predict
+
+
+def span_task(spec, params, *, start_weight: float, end_weight: float, make_predict=predict_logits, **task_fields):
+    """A Task for a span-QA model: the shared forward, loss and logits, the task's own data and evaluation;
+    `make_predict(forward)` gives the per-example outputs evaluation needs."""
+    from qajax.tasks.base import Task
+
+    model = spec.build()
+    forward = make_forward(model)
+    return Task(
+        spec=spec,
+        model=model,
+        initial_params=jax.tree.map(np.asarray, params),
+        forward=forward,
+        output_loss=make_output_loss(start_weight, end_weight),
+        logits=span_logits,
+        predict_fn=make_predict(forward),
+        **task_fields,
+    )

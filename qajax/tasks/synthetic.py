@@ -7,12 +7,11 @@ have random lengths (padding exercises the masks) and two segments.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from qajax.models.factory import load_or_init
 from qajax.tasks.base import Task
-from qajax.tasks.span import make_forward, make_output_loss, span_logits
+from qajax.tasks.span import span_task
 
 PAD, OPEN, CLOSE, FIRST_WORD = 0, 3, 4, 5
 
@@ -41,31 +40,29 @@ def generate(num_examples: int, seq_len: int, vocab_size: int, answer_length: in
 def build(config) -> Task:
     t = config.task
     spec, params = load_or_init(config.model, "qa", seed=config.seed)
-    model = spec.build()
     train = generate(t.num_train, t.seq_len, t.vocab_size, t.answer_length, seed=config.seed)
     held_out = generate(t.num_eval, t.seq_len, t.vocab_size, t.answer_length, seed=config.seed + 1)
 
-    forward = make_forward(model)
+    def make_predict(forward):
+        def predict_fn(params, batch):
+            out = forward(params, batch)
+            return {"start": out.start_logits.argmax(-1), "end": out.end_logits.argmax(-1)}
 
-    def predict_fn(params, batch):
-        out = forward(params, batch)
-        return {"start": out.start_logits.argmax(-1), "end": out.end_logits.argmax(-1)}
+        return predict_fn
 
     def evaluate(outputs, arrays):
         start_ok = outputs["start"] == arrays["start_positions"]
         end_ok = outputs["end"] == arrays["end_positions"]
         return {"eval/exact": float(np.mean(start_ok & end_ok) * 100), "eval/start_accuracy": float(np.mean(start_ok))}
 
-    return Task(
-        spec=spec,
-        model=model,
-        initial_params=jax.tree.map(np.asarray, params),
-        forward=forward,
-        output_loss=make_output_loss(t.start_weight, t.end_weight),
-        logits=span_logits,
+    return span_task(
+        spec,
+        params,
+        start_weight=t.start_weight,
+        end_weight=t.end_weight,
+        make_predict=make_predict,
         train_arrays=train,
         eval_arrays=held_out,
         evaluate=evaluate,
-        predict_fn=predict_fn,
         tokens_per_example=t.seq_len,
     )

@@ -59,7 +59,9 @@ def generate_examples(num_passages: int, seed: int, *, questions_per_passage: in
         town = _name(rng, 2)
         stated = list(rng.choice(facts, int(rng.integers(3, 6)), replace=False))
         stated.sort(key=facts.index)  # "founded" first, so that "Its founder" refers to the town
-        context, starts, values = "", {}, {}
+        # Without "founded", name the town first: the passage must say which town its questions ask about.
+        context = "" if stated[0] == "founded" else f"{town} is a town. "
+        starts, values = {}, {}
         for fact in stated:
             values[fact] = _value(fact, rng)
             sentence = _FACTS[fact][0].format(town=town, value="\0")

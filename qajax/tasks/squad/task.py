@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import jax
 import ml_collections
-import numpy as np
 
 from qajax.errors import ConfigError
 from qajax.models.factory import load_or_init
 from qajax.tasks.base import Task
-from qajax.tasks.span import LABELS, MODEL_INPUTS, make_forward, make_output_loss, predict_logits, span_logits
+from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
 from qajax.tasks.squad import data, metric, postprocess
 from qajax.tasks.squad.features import FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
@@ -132,7 +130,6 @@ def build(config) -> Task:
     if t.version not in ("v1.1", "v2.0"):
         raise ConfigError(f"task.version={t.version!r}: expected 'v1.1' or 'v2.0'")
     spec, params = load_or_init(config.model, "qa", seed=config.seed)
-    model = spec.build()
     tokenizer = load_tokenizer(spec, t.tokenizer)
     train_examples, eval_examples = read_examples(t, config.seed)
     feature_config = FeatureConfig(t.max_seq_length, t.doc_stride, t.max_query_length)
@@ -143,18 +140,13 @@ def build(config) -> Task:
         eval_features = featurize_cached(eval_examples, tokenizer, feature_config, for_training=False, cache_dir=cache)
     log.info("squad: %d train questions -> %d windows", len(train_examples), len(train_features["input_ids"]))
 
-    forward = make_forward(model)
-    evaluation = SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None
-    return Task(
-        spec=spec,
-        model=model,
-        initial_params=jax.tree.map(np.asarray, params),
-        forward=forward,
-        output_loss=make_output_loss(t.start_weight, t.end_weight),
-        logits=span_logits,
+    return span_task(
+        spec,
+        params,
+        start_weight=t.start_weight,
+        end_weight=t.end_weight,
         train_arrays={k: train_features[k] for k in MODEL_INPUTS + LABELS},
         eval_arrays={k: eval_features[k] for k in MODEL_INPUTS} if eval_examples else None,
-        evaluate=evaluation,
-        predict_fn=predict_logits(forward),
+        evaluate=SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None,
         tokens_per_example=t.max_seq_length,
     )
