@@ -81,7 +81,7 @@ def synthetic_batch(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     b, t = shape.batch_size, shape.seq_len
     return {
-        "input_ids": rng.integers(1000, shape.vocab_size, (b, t)).astype(np.int32),
+        "input_ids": rng.integers(min(1000, shape.vocab_size // 2), shape.vocab_size, (b, t)).astype(np.int32),
         "attention_mask": np.ones((b, t), np.int32),
         "token_type_ids": (np.arange(t)[None, :] >= t // 4).astype(np.int32).repeat(b, 0),
         "start_positions": rng.integers(0, t, b).astype(np.int32),

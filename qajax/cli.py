@@ -136,6 +136,14 @@ def _bench(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from qajax.plots import plot_metrics
+
+    keys = tuple(k for k in args.keys.split(",") if k)
+    print(plot_metrics(args.workdir, args.out, keys))
+    return 0
+
+
 def _demo(args) -> int:
     from qajax.demo import run_demo
 
@@ -205,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object instead of the markdown table")
     p.add_argument("--png", default=None, help="also write a bar chart here")
     p.set_defaults(run=_bench)
+
+    p = commands.add_parser("plot", help="training curves of a workdir's metrics.jsonl as a PNG")
+    p.add_argument("workdir")
+    p.add_argument("--out", default=None, help="default: WORKDIR/metrics.png")
+    p.add_argument("--keys", default="", help="comma-separated metric names (default: loss, lr, grad norm, evals)")
+    p.set_defaults(run=_plot)
 
     p = commands.add_parser("demo", help="the embedded default job (see README)")
     p.add_argument("--workdir", default="runs/demo")

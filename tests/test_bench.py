@@ -1,0 +1,45 @@
+"""`qajax bench` on a tiny shape: the report's schema and its arithmetic (not its speed)."""
+
+import json
+
+import pytest
+
+from qajax import bench
+from qajax.cli import main as cli_main
+
+TINY = dict(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=64, seq_len=16, batch_size=4)
+
+
+def test_report_schema_ratios_and_flops(tmp_path):
+    shape = bench.Shape(vocab_size=128, **TINY)
+    report = bench.run(shape, ["qajax", "qajax-eval", "hf-flax"], steps=2, warmup=1, peak_flops=1e12)
+    names = [r["name"] for r in report["results"]]
+    assert names == ["qajax", "qajax-eval", "hf-flax"]
+    by_name = {r["name"]: r for r in report["results"]}
+    assert by_name["qajax"]["ratio"] == 1.0
+    for r in report["results"]:
+        assert r["examples_per_sec"] == pytest.approx(4 / (r["step_ms"] / 1e3))
+        assert r["ratio"] == pytest.approx(r["step_ms"] / by_name["qajax"]["step_ms"])
+        assert r["compile_seconds"] > 0
+    # FLOPs by hand: per token and layer 2*(4*32*32 + 2*32*64) + 4*16*32, plus the head 2*32*2; x3 for training.
+    per_token = 2 * (4 * 32 * 32 + 2 * 32 * 64) + 4 * 16 * 32 + 2 * 32 * 2
+    assert report["config"]["train_flops_per_step"] == 3 * 4 * 16 * per_token
+    train = by_name["qajax"]
+    assert train["mfu"] == pytest.approx(3 * 4 * 16 * per_token / (train["step_ms"] / 1e3) / 1e12)
+    bench.plot(report, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 5000
+    assert "| qajax |" in bench.markdown(report)
+
+
+def test_cli_json_output(capsys):
+    args = ["bench", "--entries", "qajax", "--steps", "1", "--warmup", "0", "--json", "--peak-flops", "1e12"]
+    for key, value in TINY.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    assert cli_main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) >= {"device", "config", "results"} and report["results"][0]["name"] == "qajax"
+
+
+def test_unknown_entry_is_refused():
+    with pytest.raises(ValueError, match="unknown benchmark entries"):
+        bench.run(bench.Shape(**TINY), ["qajax", "nope"], steps=1)
