@@ -17,10 +17,29 @@ A technique is built from its config section and the task, and may contribute an
 from __future__ import annotations
 
 import dataclasses
+import importlib
+
+import ml_collections
 
 from qajax.errors import ConfigError
 
-REGISTRY: dict[str, str] = {}  # config section name -> "module:builder", filled as techniques land
+# config section name -> (module, builder, default config function)
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "freeze": ("freeze", "build", "default_config"),
+    "l2": ("l2", "build", "default_config"),
+}
+
+
+def _module(name: str):
+    return importlib.import_module(f"qajax.techniques.{REGISTRY[name][0]}")
+
+
+def techniques_section() -> ml_collections.ConfigDict:
+    """`config.techniques`: every technique's section with its defaults, all disabled."""
+    section = ml_collections.ConfigDict()
+    for name, (_, _, defaults) in REGISTRY.items():
+        section[name] = getattr(_module(name), defaults)()
+    return section
 
 
 def build_techniques(config, task) -> list:
@@ -34,9 +53,7 @@ def build_techniques(config, task) -> list:
             raise ConfigError(f"techniques.{name}: unknown technique; expected one of {sorted(REGISTRY)}")
         if not section[name].get("enabled", False):
             continue
-        module_name, builder = REGISTRY[name].split(":")
-        module = __import__(f"qajax.techniques.{module_name}", fromlist=[builder])
-        built.append(getattr(module, builder)(section[name], task))
+        built.append(getattr(_module(name), REGISTRY[name][1])(section[name], task))
     return built
 
 

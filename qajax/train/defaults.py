@@ -3,6 +3,7 @@ what its experiment needs (defaults live here and in configs, never in `config.g
 
 import ml_collections
 
+from qajax.techniques import techniques_section
 from qajax.train import optim
 
 
@@ -41,6 +42,8 @@ def add_engine_sections(config: ml_collections.ConfigDict) -> ml_collections.Con
     config.checkpoint.best_mode = "max"
     config.checkpoint.keep_best = 1
     config.checkpoint.asynchronous = True
+
+    config.techniques = techniques_section()  # each technique's section; enable with techniques.NAME.enabled=true
 
     config.log = ml_collections.ConfigDict()
     config.log.tensorboard = True
