@@ -25,6 +25,8 @@ from qajax.errors import ConfigError
 
 # config section name -> (module, builder, default config function)
 REGISTRY: dict[str, tuple[str, str, str]] = {
+    "sda": ("distill", "build_sda", "default_config_sda"),
+    "sdv": ("distill", "build_sdv", "default_config_sdv"),
     "freeze": ("freeze", "build", "default_config"),
     "l2": ("l2", "build", "default_config"),
 }
