@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding
@@ -25,7 +26,6 @@ from jax.sharding import PartitionSpec as P
 
 from qajax.models.config import EncoderConfig
 from qajax.models.heads import build_model, init_params
-from qajax.tasks.span import make_forward, make_output_loss
 from qajax.tasks.squad.loss import span_loss
 from qajax.train.parallel import PMAP_AXIS, Parallel
 from qajax.train.state import TrainState
@@ -89,21 +89,41 @@ def synthetic_batch(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def qajax_step(shape: Shape, mode: str = "mesh", **encoder_options):
-    """(step, state, batch) for our plain span-QA step through the engine's parallel layer (mesh or pmap);
-    techniques add entries the same way."""
-    model = build_model(shape.encoder(**encoder_options), "qa")
-    params = init_params(model, jax.random.key(0))
+# Technique entries: the config changes that switch each one on (sections of `config.techniques`).
+TECHNIQUE_ENTRIES = {
+    "sda": {"sda": dict(enabled=True, window=3)},
+    "sdv-k3": {"sdv": dict(enabled=True, window=3)},
+    "sdv-k5": {"sdv": dict(enabled=True, window=5)},
+    "freeze-top2": {"freeze": dict(enabled=True, num_trainable_layers=2)},
+}
 
-    forward, output_loss = make_forward(model), make_output_loss()
-    loss_fn = lambda params, batch, rng, extras: output_loss(forward(params, batch, rng, deterministic=False), batch)
-    tx = optax.adamw(3e-5)
+
+def qajax_step(shape: Shape, mode: str = "mesh", techniques: dict | None = None, **encoder_options):
+    """(step, state, batch) for our span-QA train step with the engine's optimizer and parallel layer (mesh
+    or pmap); `techniques` = {section: overrides} switches techniques on exactly as a config does."""
+    from qajax.models.spec import ModelSpec
+    from qajax.tasks.span import span_task
+    from qajax.techniques import apply_techniques, build_techniques, techniques_section
+    from qajax.train import optim
+
+    spec = ModelSpec(shape.encoder(**encoder_options), "qa")
+    params = jax.device_get(init_params(spec.build(), jax.random.key(0)))
+    task = span_task(spec, params, start_weight=1.0, end_weight=1.0, train_arrays={}, eval_arrays=None,
+                     evaluate=None, tokens_per_example=shape.seq_len)  # fmt: skip
+    config = ml_collections.ConfigDict({"techniques": techniques_section()})
+    for section, overrides in (techniques or {}).items():
+        config.techniques[section].update(overrides)
+    built = build_techniques(config, task)
+    optimizer = optim.default_config()
+    task, optimizer, init_extras = apply_techniques(task, built, optimizer)
+    tx, _ = optim.make_optimizer(optimizer, task.initial_params, total_steps=10_000, steps_per_epoch=1_000)
     parallel = Parallel(mode)
-    make_state = lambda p: TrainState.create(p, tx, seed=0)
-    abstract = parallel.abstract_state(make_state, params)
+    make_state = lambda p: TrainState.create(p, tx, seed=0, extras=init_extras(p))
+    abstract = parallel.abstract_state(make_state, task.initial_params)
     axis = PMAP_AXIS if mode == "pmap" else None
-    step = parallel.compile_step(make_train_step(loss_fn, tx, axis_name=axis), abstract)
-    state = parallel.create_state(make_state, params)
+    step = make_train_step(task.loss_fn, tx, techniques=built, axis_name=axis)
+    step = parallel.compile_step(step, abstract)
+    state = parallel.create_state(make_state, task.initial_params)
     return step, state, parallel.place_batch(synthetic_batch(shape))
 
 
@@ -222,6 +242,7 @@ def run(
     builders = {
         "qajax": lambda: qajax_step(shape, mode),
         "qajax-eval": lambda: qajax_eval(shape, mode),
+        **{name: (lambda t=t: qajax_step(shape, mode, t)) for name, t in TECHNIQUE_ENTRIES.items()},
         "hf-flax": lambda: hf_flax_step(shape),
         "hf-pytorch": lambda: hf_pytorch_step(shape),
     }

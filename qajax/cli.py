@@ -206,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--mode", default="mesh", choices=("mesh", "pmap"))
-    p.add_argument("--entries", default="qajax,qajax-eval,hf-flax,hf-pytorch", help="comma-separated")
+    p.add_argument(
+        "--entries",
+        default="qajax,qajax-eval,hf-flax,hf-pytorch",
+        help="comma-separated: qajax, qajax-eval, hf-flax, hf-pytorch, sda, sdv-k3, sdv-k5, freeze-top2",
+    )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: detected)")
