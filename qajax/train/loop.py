@@ -17,6 +17,7 @@ from qajax.errors import ConfigError
 from qajax.files import atomic_write_text
 from qajax.models.saved import SPEC_FILE
 from qajax.tasks.base import Task, build_task
+from qajax.tasks.span import LABELS
 from qajax.techniques import apply_techniques, build_techniques
 from qajax.train import optim
 from qajax.train.checkpoint import Checkpoints
@@ -45,7 +46,16 @@ class Evaluator:
 
     def __init__(self, task: Task, parallel: Parallel, batch_size: int, param_shardings):
         self.task, self.parallel, self.batch_size = task, parallel, batch_size
-        self.predict = parallel.compile_predict(task.predict_fn, param_shardings)
+        self.with_loss = set(LABELS) <= set(task.eval_arrays)  # labelled eval data: also report eval/loss
+
+        def predict(params, batch):
+            outputs = task.predict_fn(params, batch)
+            if not self.with_loss:
+                return outputs, {}
+            loss, aux = task.output_loss(task.forward(params, batch), batch)  # same forward: XLA shares it
+            return outputs, {"loss_sum": loss * aux["weight"], "weight": aux["weight"]}
+
+        self.predict = parallel.compile_predict(predict, param_shardings)
 
     def __call__(self, params) -> dict[str, float]:
         outputs = []
@@ -55,15 +65,20 @@ class Evaluator:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
+        loss_sum = weight = 0.0
         for batch in batches:
-            outputs.append(
-                self.parallel.gather_outputs(
-                    self.predict(params, self.parallel.place_batch(batch, accumulation_steps=1))
-                )
-            )
+            predicted, loss_terms = self.predict(params, self.parallel.place_batch(batch, accumulation_steps=1))
+            outputs.append(self.parallel.gather_outputs(predicted))
+            if loss_terms:
+                loss_terms = self.parallel.gather_outputs(loss_terms)  # pmap: one value per device
+                loss_sum += float(np.sum(loss_terms["loss_sum"]))
+                weight += float(np.sum(loss_terms["weight"]))
         num_examples = len(next(iter(self.task.eval_arrays.values())))
         joined = {k: np.concatenate([o[k] for o in outputs])[:num_examples] for k in outputs[0]}
-        return self.task.evaluate(joined, self.task.eval_arrays)
+        metrics = self.task.evaluate(joined, self.task.eval_arrays)
+        if self.with_loss:
+            metrics["eval/loss"] = loss_sum / max(weight, 1.0)
+        return metrics
 
 
 class EarlyStopping:

@@ -137,7 +137,8 @@ def build(config) -> Task:
     train_features = featurize_cached(train_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
     eval_features = None
     if eval_examples:
-        eval_features = featurize_cached(eval_examples, tokenizer, feature_config, for_training=False, cache_dir=cache)
+        # With labels (the first reference answer) so that evaluation also reports eval/loss.
+        eval_features = featurize_cached(eval_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
     log.info("squad: %d train questions -> %d windows", len(train_examples), len(train_features["input_ids"]))
 
     return span_task(
@@ -146,7 +147,7 @@ def build(config) -> Task:
         start_weight=t.start_weight,
         end_weight=t.end_weight,
         train_arrays={k: train_features[k] for k in MODEL_INPUTS + LABELS},
-        eval_arrays={k: eval_features[k] for k in MODEL_INPUTS} if eval_examples else None,
+        eval_arrays={k: eval_features[k] for k in MODEL_INPUTS + LABELS} if eval_examples else None,
         evaluate=SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None,
         tokens_per_example=t.max_seq_length,
     )
