@@ -51,3 +51,13 @@ def batch(vocab_size: int, type_vocab_size: int = 2, shape=(3, 11), seed: int = 
     types = np.zeros(shape, np.int32)
     types[:, shape[1] // 2 :] = type_vocab_size - 1
     return ids, mask, types
+
+
+# Half the cases run by default (one per family); the rest under `-m slow`, keeping the suite short.
+DEFAULT_CASES = ("bert-3l-gelunew", "electra-proj", "albert-2groups-2inner")
+
+
+def case_params():
+    import pytest
+
+    return [c if c in DEFAULT_CASES else pytest.param(c, marks=pytest.mark.slow) for c in sorted(CASES)]

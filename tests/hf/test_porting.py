@@ -13,7 +13,7 @@ from qajax.cli import main as cli_main
 from qajax.errors import CheckpointError
 from qajax.hf import weights
 from qajax.models.saved import load_model
-from tests.reference import CASES, batch, hf_class, hf_config
+from tests.reference import CASES, batch, case_params, hf_class, hf_config
 
 torch = pytest.importorskip("torch", reason="PyTorch parity needs the test extra (torch==2.13.0 CPU)")
 PT_TOLERANCE = 1e-4
@@ -35,7 +35,7 @@ def _same_params(a, b):
     return fa.keys() == fb.keys() and all(np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])) for k in fa)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", case_params())
 def test_pytorch_parity_and_export_round_trip(case, tmp_path):
     pt = _pytorch_model(case)
     pt.save_pretrained(tmp_path / "src")  # model.safetensors, PyTorch names

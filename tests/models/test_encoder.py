@@ -10,7 +10,7 @@ from qajax.hf.config_map import encoder_config_from_hf
 from qajax.models import layout
 from qajax.models.encoder import lookup_word_embeddings
 from qajax.models.heads import build_model, init_params
-from tests.reference import CASES, batch, hf_class, hf_config
+from tests.reference import CASES, batch, case_params, hf_class, hf_config
 
 FLAX_TOLERANCE = 1e-5
 
@@ -23,7 +23,7 @@ def _reference(case, head="qa", num_labels=2):
     return hf_cfg, hf_model, ours
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", case_params())
 def test_qa_logits_hidden_states_and_attentions_match_hf_flax(case):
     hf_cfg, hf_model, config = _reference(case)
     model = build_model(config, "qa")
@@ -160,7 +160,7 @@ def test_soft_prompt_matches_pytorch_with_prompt_prepended_to_inputs_embeds(case
     np.testing.assert_allclose(out.end_logits, ref.end_logits[:, 4:].numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 def test_half_precision_compute_keeps_float32_params_and_stays_close(dtype):
     _, hf_model, config = _reference("bert-3l-gelunew")
     ids, mask, types = batch(config.vocab_size, config.type_vocab_size)

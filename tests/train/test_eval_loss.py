@@ -10,8 +10,16 @@ from tests.train.tiny import tiny_config
 
 
 def test_eval_loss_at_start_equals_the_task_loss_of_the_initial_model(tmp_path):
-    overrides = ["train.steps=1", "optimizer.warmup_steps=0", "train.eval_at_start=true", "train.eval_batch_size=48", "log.progress=false",
-                 "log.tensorboard=false", "task.num_eval=100", "checkpoint.asynchronous=false"]  # fmt: skip
+    overrides = [
+        "train.steps=1",
+        "optimizer.warmup_steps=0",
+        "train.eval_at_start=true",
+        "train.eval_batch_size=48",
+        "log.progress=false",
+        "log.tensorboard=false",
+        "task.num_eval=100",
+        "checkpoint.asynchronous=false",
+    ]
     config = tiny_config(*overrides)
     train(config, tmp_path)
     logged = next(r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 0)
