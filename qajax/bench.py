@@ -95,6 +95,8 @@ TECHNIQUE_ENTRIES = {
     "sdv-k3": {"sdv": dict(enabled=True, window=3)},
     "sdv-k5": {"sdv": dict(enabled=True, window=5)},
     "freeze-top2": {"freeze": dict(enabled=True, num_trainable_layers=2)},
+    "lora-r8": {"lora": dict(enabled=True, rank=8)},
+    "prompt": {"prompt": dict(enabled=True)},
 }
 
 

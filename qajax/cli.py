@@ -114,6 +114,7 @@ def _add_span_options(p) -> None:
     p.add_argument("--null-threshold", type=float, default=0.0, help='predict "" when null - best span > this')
 
 
+TECHNIQUE_NAMES = ("sda", "sdv-k3", "sdv-k5", "freeze-top2", "lora-r8", "prompt")  # qajax.bench.TECHNIQUE_ENTRIES
 PRESETS = {
     "minilm": dict(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536, seq_len=128, batch_size=16),
     "bert-base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072, seq_len=384, batch_size=32),
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--entries",
         default="qajax,qajax-eval,hf-flax,hf-pytorch",
-        help="comma-separated: qajax, qajax-eval, hf-flax, hf-pytorch, sda, sdv-k3, sdv-k5, freeze-top2",
+        help="comma-separated: qajax, qajax-eval, hf-flax, hf-pytorch, and techniques: " + ", ".join(TECHNIQUE_NAMES),
     )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)

@@ -27,6 +27,8 @@ from qajax.errors import ConfigError
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "sda": ("distill", "build_sda", "default_config_sda"),
     "sdv": ("distill", "build_sdv", "default_config_sdv"),
+    "lora": ("lora", "build", "default_config"),
+    "prompt": ("prompt", "build", "default_config"),
     "freeze": ("freeze", "build", "default_config"),
     "l2": ("l2", "build", "default_config"),
 }
