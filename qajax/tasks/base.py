@@ -30,6 +30,7 @@ class Task:
     evaluate: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, float]] | None
     predict_fn: Callable | None  # params, batch -> per-example outputs (jit-able)
     tokens_per_example: int  # padded sequence length, for tokens/sec
+    make_predict: Callable | None = None  # forward -> predict_fn: rebuilt when techniques wrap the forward
 
     @property
     def loss_fn(self) -> LossFn:

@@ -68,5 +68,6 @@ def span_task(spec, params, *, start_weight: float, end_weight: float, make_pred
         output_loss=make_output_loss(start_weight, end_weight),
         logits=span_logits,
         predict_fn=make_predict(forward),
+        make_predict=make_predict,
         **task_fields,
     )

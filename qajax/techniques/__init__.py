@@ -78,7 +78,9 @@ def apply_techniques(task, techniques, optimizer_config):
     optimizer_config = optimizer_config.copy_and_resolve_references()
     with optimizer_config.unlocked():
         optimizer_config.frozen = tuple(dict.fromkeys(frozen))
-    task = dataclasses.replace(task, initial_params=params, forward=forward)
+    # Evaluation must see what training sees (LoRA merge, prompts): rebuild predict from the wrapped forward.
+    predict_fn = task.make_predict(forward) if task.make_predict else task.predict_fn
+    task = dataclasses.replace(task, initial_params=params, forward=forward, predict_fn=predict_fn)
     for t in techniques:
         if hasattr(t, "bind"):
             t.bind(task)
