@@ -13,7 +13,8 @@ does not tell us; well ahead of random init for small models in its Figure 3b, a
 no counterpart in span QA); "normal" draws N(0, std of the word-embedding table), the scale of real tokens.
 
 Export: `finalize_params` strips the prompt, so an exported HF model is the frozen base (and the head) and
-loses what prompt tuning learned; save `prompt_only(params)` beside it and `load_prompt` it back.
+loses what prompt tuning learned; save `prompt_only(params)` (the prompt, and the head with train_head)
+beside it and `load_prompt` it back.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from qajax.errors import CheckpointError, ConfigError
-from qajax.techniques.lora import frozen_base, stop_frozen
+from qajax.errors import ConfigError
+from qajax.techniques.lora import ADDED, frozen_base, head_shapes, load_leaves, stop_frozen, trained_leaves
 
 KEY = "techniques.prompt"
 INITS = ("vocab", "normal")
@@ -76,18 +77,16 @@ class PromptTuning:
         """The model's params without the prompt (what it learned is lost: see `prompt_only`)."""
         return {k: v for k, v in params.items() if k != "prompt"}
 
-    def load_prompt(self, params, prompt) -> dict:
-        """`params` (with or without a prompt) carrying `prompt` (from `prompt_only`) instead."""
-        expected = (self.num_tokens, self.encoder.embedding_dim)
-        found = np.shape(prompt.get("prompt", {}).get("embedding"))
-        if found != expected:
-            raise CheckpointError(f"prompt/embedding has shape {found}; {KEY} expects {expected}")
-        return {**self.finalize_params(params), "prompt": dict(prompt["prompt"])}
+    def prompt_only(self, params) -> dict:
+        """What training changed, to save beside the exported model: the prompt, and the head with train_head."""
+        return trained_leaves(params, ADDED["prompt"], self.train_head)
 
-
-def prompt_only(params) -> dict:
-    """{"prompt": {"embedding": [P, E]}}: what to save beside the exported model."""
-    return {"prompt": dict(params["prompt"])}
+    def load_prompt(self, params, saved) -> dict:
+        """`params` (with or without a prompt) with `saved` (from `prompt_only`) in place."""
+        base = self.finalize_params(params)
+        expected = {"prompt/embedding": (self.num_tokens, self.encoder.embedding_dim)}
+        where = f"{KEY} (num_tokens={self.num_tokens})"
+        return load_leaves(base, saved, {**expected, **head_shapes(base, self.train_head)}, where)
 
 
 def build(config: ml_collections.ConfigDict, task) -> PromptTuning:

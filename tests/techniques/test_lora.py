@@ -30,7 +30,7 @@ SMALL = dict(vocab_size=64, hidden_size=16, num_heads=2, intermediate_size=32, m
 ENCODERS = {
     "bert": dict(num_layers=2),
     "bert-scanned": dict(num_layers=2, scan_layers=True),
-    "albert": dict(family="albert", embedding_size=8, num_layers=4, num_groups=2),  # each group serves 2 layers
+    "albert": dict(family="albert", embedding_size=8, num_layers=2),  # one group, shared by both layers
 }
 BATCH = generate(4, 16, 64, 4, seed=0)
 
@@ -87,9 +87,8 @@ def test_surgery_adds_exactly_the_targeted_adapters(name):
     flat, before = tree.flatten(prepared), tree.flatten(params)
     if name == "bert":
         modules = [f"bert/encoder/layer/{i}/attention/self/{m}" for i in range(2) for m in ("query", "value")]
-    elif name == "albert":  # 2 groups: 2 parameter sets, each shared by 2 of the 4 layers
-        modules = [f"albert/encoder/albert_layer_groups/{g}/albert_layers/0/attention/{m}"
-                   for g in range(2) for m in ("query", "value")]  # fmt: skip
+    elif name == "albert":  # one parameter set, applied at both layers
+        modules = [f"albert/encoder/albert_layer_groups/0/albert_layers/0/attention/{m}" for m in ("query", "value")]
     else:  # one stacked module per target, the layer axis first
         modules = [f"bert/encoder/layer/scanned/attention/self/{m}" for m in ("query", "value")]
     assert set(flat) - set(before) == {f"{m}/lora_{x}" for m in modules for x in "ab"}
@@ -229,17 +228,22 @@ def test_training_moves_only_adapters_and_head_and_the_export_loads_in_transform
     np.testing.assert_allclose(plain, ours, atol=1e-5)
     assert np.abs(base - ours).max() > 1e-3  # the adapters matter
 
-    reloaded = technique.load_adapters(task.initial_params, lora.adapters_only(state.params))
-    assert tree.flatten(reloaded).keys() == trained.keys()
-    assert all(np.array_equal(np.asarray(v), trained[p]) for p, v in tree.flatten(reloaded).items()
-               if "lora_" in p)  # fmt: skip
-    with pytest.raises(CheckpointError, match=r"rank=4.*missing"):
-        lora.build(_config(rank=4), task).load_adapters(task.initial_params, lora.adapters_only(state.params))
-    with pytest.raises(CheckpointError, match="unexpected"):
-        technique.load_adapters(task.initial_params, {**lora.adapters_only(state.params), "x": {"lora_a": 0}})
+    saved = tree.flatten(technique.adapters_only(state.params))
+    assert set(saved) == {p for p in trained if "lora_" in p or p.startswith("qa_outputs/")}
+    reloaded = tree.flatten(technique.load_adapters(task.initial_params, tree.unflatten(saved)))
+    assert reloaded.keys() == trained.keys()  # the pretrained base and what trained: the trained params
+    assert all(np.array_equal(np.asarray(v), trained[p]) for p, v in reloaded.items())
+    with pytest.raises(CheckpointError, match=r"lora \(rank=4.*expected shape\) \[\('bert/"):
+        lora.build(_config(rank=4), task).load_adapters(task.initial_params, tree.unflatten(saved))
+    no_head = {p: v for p, v in saved.items() if not p.startswith("qa_outputs/")}
+    with pytest.raises(
+        CheckpointError, match=r"missing \['qa_outputs/bias', 'qa_outputs/kernel'\], unexpected \['x/lora_a'\]"
+    ):
+        technique.load_adapters(task.initial_params, tree.unflatten({**no_head, "x/lora_a": np.zeros(1)}))
 
     transformers = pytest.importorskip("transformers")
     out = qajax.hf.save_pretrained(task.model, merged, task.spec, tmp_path / "out", formats=("flax",))
     reference, loaded = transformers.FlaxBertForQuestionAnswering.from_pretrained(out, _do_init=False)
-    theirs = reference(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], params=loaded).start_logits
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    theirs = jax.jit(lambda p: reference(*inputs, params=p).start_logits)(loaded)
     np.testing.assert_allclose(theirs, ours, atol=1e-5)

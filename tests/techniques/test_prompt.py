@@ -131,15 +131,17 @@ def test_training_moves_only_the_prompt_and_the_head_and_export_drops_the_prompt
         assert np.array_equal(value, start[path]) != moves, path
     sizes = {p: v.size for p, v in start.items()}
     fraction = (20 * 32 + 32 * 2 + 2) / sum(sizes.values())  # tiny: embedding 32
-    assert prompt.prompt_only(trained)["prompt"]["embedding"].shape == (20, 32)
     assert lora.trainable_fraction(params, optimizer_config.frozen) == pytest.approx(fraction)
 
     exported = technique.finalize_params(trained)
     assert tree.flatten(exported).keys() == tree.flatten(_task(0.0).initial_params).keys()
-    restored = technique.load_prompt(exported, prompt.prompt_only(trained))
-    assert all(np.array_equal(v, tree.flatten(trained)[p]) for p, v in tree.flatten(restored).items())
-    with pytest.raises(CheckpointError, match=r"shape \(20, 32\); techniques\.prompt expects \(8, 32\)"):
-        prompt.build(_config(num_tokens=8), _task(0.0)).load_prompt(exported, prompt.prompt_only(trained))
+    saved = technique.prompt_only(trained)
+    assert set(tree.flatten(saved)) == {"prompt/embedding", "qa_outputs/kernel", "qa_outputs/bias"}
+    restored = tree.flatten(technique.load_prompt(_task(0.0).initial_params, saved))
+    assert restored.keys() == start.keys()
+    assert all(np.array_equal(v, tree.flatten(trained)[p]) for p, v in restored.items())
+    with pytest.raises(CheckpointError, match=r"num_tokens=8.*\('prompt/embedding', \(20, 32\), \(8, 32\)\)"):
+        prompt.build(_config(num_tokens=8), _task(0.0)).load_prompt(exported, saved)
 
 
 def test_lora_and_prompt_tuning_combine():
