@@ -23,6 +23,7 @@ def get_config():
     config.task.answer_length = 4  # the closing marker is 1..4 tokens after the opening one
     config.task.start_weight = 1.0  # loss = (start_weight * CE_start + end_weight * CE_end) / sum
     config.task.end_weight = 1.0
+    config.task.span_head = "linear"  # or scalar_mix | layer_attention | bilinear_layer_attention | extra_layer
 
     config.model = ml_collections.ConfigDict()
     config.model.pretrained = ""  # '' = random init from the fields below

@@ -73,6 +73,7 @@ def _eval(args) -> int:
         n_best=args.n_best,
         max_answer_length=args.max_answer_length,
         null_threshold=args.null_threshold,
+        bertscore=_bertscore(args),
     )
     print(json.dumps(scores))
     return 0
@@ -99,8 +100,46 @@ def _predict(args) -> int:
 def _squad_eval(args) -> int:
     from qajax.tasks.squad.metric import evaluate_files
 
-    print(json.dumps(evaluate_files(args.data, args.predictions, args.na_prob, args.na_prob_thresh)))
+    scores = evaluate_files(args.data, args.predictions, args.na_prob, args.na_prob_thresh)
+    bertscore = _bertscore(args)
+    if bertscore is not None:
+        from qajax.tasks.squad.bertscore import evaluate_bertscore_files
+
+        scores.update(
+            evaluate_bertscore_files(
+                args.data,
+                args.predictions,
+                na_prob_path=args.na_prob,
+                na_prob_thresh=args.na_prob_thresh,
+                **bertscore.keywords,
+            )
+        )
+    print(json.dumps(scores))
     return 0
+
+
+def _bertscore(args):
+    """`evaluate_bertscore` with the scorer and options of --bertscore* bound, or None without --bertscore."""
+    if args.bertscore is None:
+        if args.idf or args.bertscore_layer is not None or args.bertscore_baseline is not None:
+            raise QajaxError("--idf, --bertscore-layer and --bertscore-baseline need --bertscore MODEL_DIR")
+        return None
+    import functools
+
+    from qajax.metrics.bertscore import BertScorer, read_baseline
+    from qajax.tasks.squad.bertscore import evaluate_bertscore
+
+    scorer = BertScorer.from_pretrained(args.bertscore, args.bertscore_layer, batch_size=args.bertscore_batch_size)
+    baseline = None if args.bertscore_baseline is None else read_baseline(args.bertscore_baseline, scorer.layer)
+    return functools.partial(evaluate_bertscore, scorer=scorer, idf=args.idf, baseline=baseline)
+
+
+def _add_bertscore_options(p) -> None:
+    p.add_argument("--bertscore", default=None, metavar="MODEL_DIR", help="also report BERTScore with this HF encoder")
+    p.add_argument("--bertscore-layer", type=int, default=None, help="hidden layer, 0 = embeddings (default: last)")
+    p.add_argument("--idf", action="store_true", help="BERTScore: IDF weights from the gold answers")
+    p.add_argument("--bertscore-baseline", default=None, metavar="FILE", help="rescale with bert-score's LAYER,P,R,F")
+    p.add_argument("--bertscore-batch-size", type=int, default=64)
 
 
 def _add_span_options(p) -> None:
@@ -185,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="v2.0", choices=("v1.1", "v2.0"))
     p.add_argument("--out", default=None, help="folder for predictions.json, nbest_predictions.json, null_odds.json")
     p.add_argument("--skip-invalid", action="store_true", help="skip malformed questions and report them")
+    _add_bertscore_options(p)
     p.set_defaults(run=_eval)
 
     p = commands.add_parser("predict", help="span QA: answer a question from the command line or a JSON file")
@@ -199,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions")
     p.add_argument("--na-prob", default=None, help="null_odds.json (v2.0)")
     p.add_argument("--na-prob-thresh", type=float, default=1.0)
+    _add_bertscore_options(p)
     p.set_defaults(run=_squad_eval)
 
     p = commands.add_parser("bench", help="train-step throughput, compile time, memory and MFU, side by side")

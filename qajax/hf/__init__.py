@@ -23,7 +23,7 @@ from qajax import tree
 from qajax.errors import CheckpointError
 from qajax.files import atomic_directory
 from qajax.hf import config_map, weights
-from qajax.models import layout
+from qajax.models import layer_heads, layout
 from qajax.models.heads import ClassificationModel, EncoderModel, SpanQAModel
 from qajax.models.merge import merge_params
 from qajax.models.spec import ModelSpec
@@ -63,10 +63,12 @@ def from_pretrained(
     *,
     num_labels: int | None = None,
     seed: int = 0,
+    span_head: str = "linear",
     **encoder_options,
 ):
     """(model, params, spec) from an HF folder (safetensors, pytorch_model.bin or flax_model.msgpack, sharded
-    or not). `encoder_options` are run-time EncoderConfig fields (remat, scan_layers, ...)."""
+    or not). `encoder_options` are run-time EncoderConfig fields (remat, scan_layers, ...). A layer-combination
+    `span_head` keeps the folder's `qa_outputs` if it has one; its own weights start fresh."""
     folder = Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -79,7 +81,7 @@ def from_pretrained(
     encoder = config_map.encoder_config_from_hf(hf, source=str(config_file), dtype=dtype, **encoder_options)
     num_labels = num_labels or config_map.num_labels_from_hf(hf)
     tokenizer_dir = str(folder.absolute()) if any((folder / f).is_file() for f in TOKENIZER_FILES) else None
-    spec = ModelSpec(encoder, head, num_labels, hf, tokenizer_dir)
+    spec = ModelSpec(encoder, head, num_labels, hf, tokenizer_dir, span_head)
     params = load_weights(spec, folder, seed=seed)
     return spec.build(), params, spec
 
@@ -90,6 +92,8 @@ def load_weights(spec: ModelSpec, folder: Path, *, seed: int = 0) -> dict:
     loaded = weights.read_flat(folder)
     loaded = {(f"{family}/{p}" if p.split("/")[0] in _ENCODER_ROOTS else p): v for p, v in loaded.items()}
     may_be_missing = [_TASK_HEADS[spec.head]] if spec.head in _TASK_HEADS else []
+    if spec.span_head != "linear":
+        may_be_missing.append(rf"{layer_heads.SCOPE}/.*")  # no HF model has a layer-combination head
     if spec.head != "qa":
         may_be_missing.append(_pooler(family))  # base checkpoints without a pooler
     may_be_unused = [*PRETRAINING_HEADS, *_TASK_HEADS.values(), _pooler(family)]
@@ -117,6 +121,12 @@ def expected_paths(spec: ModelSpec) -> dict[str, tuple]:
 
 def to_hf_flat(params, spec: ModelSpec) -> dict[str, np.ndarray]:
     """Flat HF-Flax-layout numpy weights of `params` (unstacked, checked against `spec`)."""
+    if spec.span_head != "linear":
+        # HF's *ForQuestionAnswering reads only the last layer: the exported model would answer differently.
+        raise CheckpointError(
+            f"span_head={spec.span_head!r}: Hugging Face has no layer-combination QA head, so this model cannot "
+            "be exported as one; train with span_head='linear' to export, or use the qajax checkpoint"
+        )
     flat = {path: np.asarray(jax.device_get(v)) for path, v in tree.flatten(layout.unstack_layers(params)).items()}
     expected = expected_paths(spec)
     missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))

@@ -40,9 +40,12 @@ def pretrained_section(pretrained: str) -> ml_collections.ConfigDict:
     return m
 
 
-def load_or_init(model_config, head: str, *, num_labels: int = 2, seed: int = 0) -> tuple[ModelSpec, dict]:
+def load_or_init(
+    model_config, head: str, *, num_labels: int = 2, seed: int = 0, span_head: str = "linear"
+) -> tuple[ModelSpec, dict]:
     """(spec, host params). `model_config` is the config's `model` section: `pretrained` ('' for random
-    init from the architecture keys) and EncoderConfig fields."""
+    init from the architecture keys) and EncoderConfig fields. `span_head` (the task's choice) may put a
+    layer-combination head on a pretrained linear one: its own weights start fresh."""
     values = {k: v for k, v in model_config.items() if k not in _NOT_ENCODER}
     known = {f.name for f in dataclasses.fields(EncoderConfig)}
     unknown = sorted(set(values) - known)
@@ -50,7 +53,7 @@ def load_or_init(model_config, head: str, *, num_labels: int = 2, seed: int = 0)
         raise ConfigError(f"model.{unknown[0]} is not an encoder setting; expected some of {sorted(known)}")
     source = model_config.get("pretrained") or ""
     if not source:
-        spec = ModelSpec(EncoderConfig(**values), head, num_labels)
+        spec = ModelSpec(EncoderConfig(**values), head, num_labels, span_head=span_head)
         model = spec.build()
         from qajax.models.heads import init_params
 
@@ -69,11 +72,32 @@ def load_or_init(model_config, head: str, *, num_labels: int = 2, seed: int = 0)
         _, params, spec = load_model(path, **runtime)
         if spec.head != head:
             raise ConfigError(f"model.pretrained={source}: a {spec.head} model, the task needs a {head} head")
+        if spec.span_head != span_head:
+            return _new_span_head(spec, params, span_head, seed, source)
         return spec, params
     import qajax.hf
 
-    _, params, spec = qajax.hf.from_pretrained(path, head=head, num_labels=num_labels, seed=seed, **runtime)
+    _, params, spec = qajax.hf.from_pretrained(
+        path, head=head, num_labels=num_labels, seed=seed, span_head=span_head, **runtime
+    )
     return spec, params
+
+
+def _new_span_head(spec: ModelSpec, params, span_head: str, seed: int, source: str) -> tuple[ModelSpec, dict]:
+    """A checkpoint's linear span head -> `span_head` on the same encoder and `qa_outputs`."""
+    if spec.span_head != "linear":
+        raise ConfigError(
+            f"model.pretrained={source}: its span head is {spec.span_head!r}, the task asks for {span_head!r}"
+        )
+    from qajax import tree
+    from qajax.models.heads import init_params
+    from qajax.models.layer_heads import SCOPE
+    from qajax.models.merge import merge_params
+
+    spec = spec.replace(span_head=span_head)
+    fresh = jax.tree.map(np.asarray, init_params(spec.build(), jax.random.key(seed)))
+    merged, _ = merge_params(fresh, tree.flatten(params), may_be_missing=[rf"{SCOPE}/.*"], source=source)
+    return spec, merged
 
 
 def _resolve(source: str) -> Path:

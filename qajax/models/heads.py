@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from qajax.models.config import EncoderConfig
 from qajax.models.encoder import ACTIVATIONS, Encoder, EncoderOutput, dense
+from qajax.models.layer_heads import check_span_head, layer_span_logits
 
 HEADS = ("qa", "classification", "encoder")
 
@@ -33,16 +34,29 @@ class ClassLogits(NamedTuple):
 
 
 class SpanQAModel(nn.Module):
-    """HF `*ForQuestionAnswering`: a Dense(2) `qa_outputs` on every token."""
+    """HF `*ForQuestionAnswering`: a Dense(2) `qa_outputs` on every token; with another `span_head`, a
+    combination of the encoder's layers first (see `qajax.models.layer_heads`)."""
 
     config: EncoderConfig
+    span_head: str = "linear"  # one of layer_heads.SPAN_HEADS
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, **options):
         c = self.config
-        out = Encoder(c, name=c.family)(input_ids, attention_mask, token_type_ids, position_ids, **options)
-        logits = dense(c, 2, "qa_outputs")(out.last_hidden_state).astype(jnp.float32)  # [B, T, 2]
-        return SpanLogits(logits[..., 0], logits[..., 1], out.hidden_states, out.attentions)
+        if self.span_head == "linear":
+            out = Encoder(c, name=c.family)(input_ids, attention_mask, token_type_ids, position_ids, **options)
+            logits = dense(c, 2, "qa_outputs")(out.last_hidden_state).astype(jnp.float32)  # [B, T, 2]
+            return SpanLogits(logits[..., 0], logits[..., 1], out.hidden_states, out.attentions)
+        wanted_states = options.pop("output_hidden_states", False)
+        out = Encoder(c, name=c.family)(
+            input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=True, **options
+        )
+        if attention_mask is None:
+            attention_mask = jnp.ones(out.last_hidden_state.shape[:2], jnp.int32)
+        start, end = layer_span_logits(
+            c, self.span_head, out.hidden_states, attention_mask, deterministic=options.get("deterministic", True)
+        )
+        return SpanLogits(start, end, out.hidden_states if wanted_states else None, out.attentions)
 
 
 class ElectraClassificationHead(nn.Module):  # HF `classifier/{dense,out_proj}`
@@ -98,9 +112,12 @@ class EncoderModel(nn.Module):
         return encoder(input_ids, attention_mask, token_type_ids, position_ids, **options)
 
 
-def build_model(config: EncoderConfig, head: str, num_labels: int = 2) -> nn.Module:
+def build_model(config: EncoderConfig, head: str, num_labels: int = 2, span_head: str = "linear") -> nn.Module:
+    check_span_head(span_head)
+    if span_head != "linear" and head != "qa":
+        raise ValueError(f"span_head={span_head!r} is a span-QA head; head={head!r} takes only 'linear'")
     if head == "qa":
-        return SpanQAModel(config)
+        return SpanQAModel(config, span_head)
     if head == "classification":
         return ClassificationModel(config, num_labels)
     if head == "encoder":

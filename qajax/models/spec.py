@@ -9,6 +9,7 @@ from pathlib import Path
 from qajax.errors import CheckpointError
 from qajax.models.config import EncoderConfig
 from qajax.models.heads import HEADS, build_model
+from qajax.models.layer_heads import SPAN_HEADS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,13 +19,19 @@ class ModelSpec:
     num_labels: int = 2  # classification only; 1 means regression
     hf_config: dict = dataclasses.field(default_factory=dict)  # the source config.json, kept for export
     tokenizer_dir: str | None = None  # where the tokenizer files live (copied on export)
+    span_head: str = "linear"  # qa only: how the span head reads the encoder (layer_heads.SPAN_HEADS)
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise CheckpointError(f"head={self.head!r}: expected one of {HEADS}")
+        if self.span_head not in SPAN_HEADS or (self.span_head != "linear" and self.head != "qa"):
+            raise CheckpointError(
+                f"span_head={self.span_head!r} with head={self.head!r}: expected one of {SPAN_HEADS} "
+                "for head='qa', 'linear' for the others"
+            )
 
     def build(self):
-        return build_model(self.encoder, self.head, self.num_labels)
+        return build_model(self.encoder, self.head, self.num_labels, self.span_head)
 
     def replace(self, **changes) -> ModelSpec:
         return dataclasses.replace(self, **changes)

@@ -31,6 +31,21 @@ class Task:
     predict_fn: Callable | None  # params, batch -> per-example outputs (jit-able)
     tokens_per_example: int  # padded sequence length, for tokens/sec
     make_predict: Callable | None = None  # forward -> predict_fn: rebuilt when techniques wrap the forward
+    # A task with its own batch order (multitask schedules): make_train_batches(**iterator_args) -> an
+    # iterator with `steps_per_epoch` that resumes from `position=` as BatchIterator does. None: BatchIterator
+    # over train_arrays.
+    make_train_batches: Callable | None = None
+    # Several eval sets of different lengths ({name: arrays}), scored together by
+    # evaluate({name: outputs gathered in order}, eval_sets); used instead of eval_arrays.
+    eval_sets: dict[str, dict[str, np.ndarray]] | None = None
+
+    def train_batches(self, **iterator_args):
+        """The training batches, from `BatchIterator`'s arguments (global_batch_size, seed, position, ...)."""
+        if self.make_train_batches is not None:
+            return self.make_train_batches(**iterator_args)
+        from qajax.data.batches import BatchIterator
+
+        return BatchIterator(self.train_arrays, **iterator_args)
 
     @property
     def loss_fn(self) -> LossFn:
@@ -52,4 +67,8 @@ def build_task(config) -> Task:
         from qajax.tasks.squad.task import build
 
         return build(config)
-    raise ConfigError(f"task.name={name!r}: expected one of ('synthetic_span', 'squad')")
+    if name == "multitask":
+        from qajax.tasks.multitask.task import build
+
+        return build(config)
+    raise ConfigError(f"task.name={name!r}: expected one of ('synthetic_span', 'squad', 'multitask')")

@@ -39,7 +39,7 @@ def generate(num_examples: int, seq_len: int, vocab_size: int, answer_length: in
 
 def build(config) -> Task:
     t = config.task
-    spec, params = load_or_init(config.model, "qa", seed=config.seed)
+    spec, params = load_or_init(config.model, "qa", seed=config.seed, span_head=t.span_head)
     train = generate(t.num_train, t.seq_len, t.vocab_size, t.answer_length, seed=config.seed)
     held_out = generate(t.num_eval, t.seq_len, t.vocab_size, t.answer_length, seed=config.seed + 1)
 

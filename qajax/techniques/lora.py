@@ -174,7 +174,7 @@ def build(config: ml_collections.ConfigDict, task) -> LoRA:
 # Shared with prompt tuning. The model's own leaves are the ones flax's Dense, LayerNorm and Embed create;
 # techniques add leaves with other names (lora_a, lora_b) or outside the model (prompt/embedding).
 MODEL_LEAF = r"(kernel|bias|scale|embedding)"
-HEAD = rf"(qa_outputs|classifier)/(.*/)?{MODEL_LEAF}"
+HEAD = rf"(qa_outputs|classifier|span_head)/(.*/)?{MODEL_LEAF}"
 ADDED = {"adapter": r".*/lora_[ab]", "prompt": r"prompt/embedding"}
 
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from qajax import config as config_lib
-from qajax.data.batches import BatchIterator, Position, eval_batches
+from qajax.data.batches import Position, eval_batches
 from qajax.errors import ConfigError
 from qajax.files import atomic_write_text
 from qajax.models.saved import SPEC_FILE
@@ -46,7 +46,8 @@ class Evaluator:
 
     def __init__(self, task: Task, parallel: Parallel, batch_size: int, param_shardings):
         self.task, self.parallel, self.batch_size = task, parallel, batch_size
-        self.with_loss = set(LABELS) <= set(task.eval_arrays)  # labelled eval data: also report eval/loss
+        # labelled eval data: also report eval/loss
+        self.with_loss = task.eval_arrays is not None and set(LABELS) <= set(task.eval_arrays)
 
         def predict(params, batch):
             outputs = task.predict_fn(params, batch)
@@ -58,9 +59,20 @@ class Evaluator:
         self.predict = parallel.compile_predict(predict, param_shardings)
 
     def __call__(self, params) -> dict[str, float]:
+        if self.task.eval_sets:  # several sets (one per task of a multitask run), scored together
+            outputs = {name: self._predict_all(params, arrays)[0] for name, arrays in self.task.eval_sets.items()}
+            return self.task.evaluate(outputs, self.task.eval_sets)
+        joined, loss_sum, weight = self._predict_all(params, self.task.eval_arrays)
+        metrics = self.task.evaluate(joined, self.task.eval_arrays)
+        if self.with_loss:
+            metrics["eval/loss"] = loss_sum / max(weight, 1.0)
+        return metrics
+
+    def _predict_all(self, params, arrays) -> tuple[dict[str, np.ndarray], float, float]:
+        """(outputs of every example in order, summed eval loss, its weight)."""
         outputs = []
         batches = eval_batches(
-            self.task.eval_arrays,
+            arrays,
             batch_size=self.batch_size,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
@@ -73,12 +85,9 @@ class Evaluator:
                 loss_terms = self.parallel.gather_outputs(loss_terms)  # pmap: one value per device
                 loss_sum += float(np.sum(loss_terms["loss_sum"]))
                 weight += float(np.sum(loss_terms["weight"]))
-        num_examples = len(next(iter(self.task.eval_arrays.values())))
+        num_examples = len(next(iter(arrays.values())))
         joined = {k: np.concatenate([o[k] for o in outputs])[:num_examples] for k in outputs[0]}
-        metrics = self.task.evaluate(joined, self.task.eval_arrays)
-        if self.with_loss:
-            metrics["eval/loss"] = loss_sum / max(weight, 1.0)
-        return metrics
+        return joined, loss_sum, weight
 
 
 class EarlyStopping:
@@ -142,7 +151,7 @@ def train(config, workdir: str | Path) -> dict:
         process_count=jax.process_count(),
         accumulation_steps=t.accumulation_steps,
     )
-    steps_per_epoch = BatchIterator(task.train_arrays, **iterator_args).steps_per_epoch
+    steps_per_epoch = task.train_batches(**iterator_args).steps_per_epoch
     total_steps = resolve_steps(t, steps_per_epoch)
     tx, schedule = optim.make_optimizer(
         optimizer_config, task.initial_params, total_steps=total_steps, steps_per_epoch=steps_per_epoch
@@ -188,11 +197,11 @@ def train(config, workdir: str | Path) -> dict:
     )
     step_fn = parallel.compile_step(step_fn, abstract_state)
     evaluator = None
-    if task.predict_fn is not None and task.eval_arrays is not None:
+    if task.predict_fn is not None and (task.eval_arrays is not None or task.eval_sets):
         evaluator = Evaluator(task, parallel, t.eval_batch_size, parallel.param_shardings(abstract_state))
 
     # -- the loop -------------------------------------------------------------------------------------
-    batches = BatchIterator(task.train_arrays, position=position, **iterator_args)
+    batches = task.train_batches(position=position, **iterator_args)
     batches = parallel.prefetch(batches, t.prefetch)
     logger = MetricLogger(
         workdir,

@@ -63,14 +63,20 @@ class SpanPredictor:
         )
 
 
-def evaluate(predictor: SpanPredictor, examples, *, out_dir=None, version_2=True, **options) -> dict:
+def evaluate(predictor: SpanPredictor, examples, *, out_dir=None, version_2=True, bertscore=None, **options) -> dict:
+    """Official metrics of the predictions; `bertscore` (`tasks.squad.bertscore.evaluate_bertscore` with its
+    scorer and options bound) adds the BERTScore keys, judged with the same na_probs."""
     predictions, nbest, null_odds = predictor(examples, version_2=version_2, **options)
     if out_dir is not None:
         postprocess.write_predictions(out_dir, predictions, nbest, null_odds)
     dataset = metric_dataset(examples)
     if version_2:
-        return metric.evaluate_v2(dataset, predictions, na_probs=null_odds)
-    return metric.evaluate_v1(dataset, predictions)
+        scores = metric.evaluate_v2(dataset, predictions, na_probs=null_odds)
+    else:
+        scores = metric.evaluate_v1(dataset, predictions)
+    if bertscore is not None:
+        scores.update(bertscore(dataset, predictions, version_2=version_2, na_probs=null_odds if version_2 else None))
+    return scores
 
 
 def answer(predictor: SpanPredictor, question: str, context: str | list[str], **options) -> dict:

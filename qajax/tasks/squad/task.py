@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 
+from qajax.data.epochs import PerEpochBatches, fit_rows
 from qajax.errors import ConfigError
 from qajax.models.factory import load_or_init
 from qajax.tasks.base import Task
 from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
 from qajax.tasks.squad import data, metric, postprocess
+from qajax.tasks.squad.eda import EdaConfig, augment_examples
 from qajax.tasks.squad.features import FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
 
 log = logging.getLogger(__name__)
 GENERATED = "generated"  # task.train_file / eval_file: the run-time generated data set of the demo
+FIT_STREAM = 1  # rng stream of the rows an augmented epoch drops or repeats (see eda_batches)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -36,11 +41,48 @@ def default_config() -> ml_collections.ConfigDict:
     t.max_query_length = 64
     t.start_weight = 1.0  # seed 000's weighted-loss ablation: start_weight=2
     t.end_weight = 1.0
+    t.span_head = "linear"  # seed 004's layer combinations: scalar_mix | layer_attention | bilinear_layer_attention
+    # | extra_layer (qajax.models.layer_heads); only "linear" exports to Hugging Face
     t.n_best = 20
     t.max_answer_length = 30  # tokens
     t.null_threshold = 0.0  # predict "" when null score - best span score > this
     t.cache_dir = "~/.cache/qajax/features"
+    t.eda = eda_defaults()
     return t
+
+
+def eda_defaults() -> ml_collections.ConfigDict:
+    """`task.eda`: seed 000's EDA on training contexts (qajax.tasks.squad.eda), remade every epoch."""
+    e = ml_collections.ConfigDict()
+    e.enabled = False
+    e.schedule = "linear"  # linear: start_rate at epoch 0 -> end_rate at the last ramp epoch; constant: end_rate
+    e.start_rate = 0.0
+    e.end_rate = 0.1  # seed 000: constant 0.1 and 0.05 hurt, linear 0 -> 0.1 came closest to no EDA
+    e.ramp_epochs = 0  # 0: the whole run (train.epochs, or train.steps in epochs)
+    e.swap = 1.0  # each operation's rate = scheduled rate * this share; 0 turns it off
+    e.delete = 1.0
+    e.duplicate = 1.0
+    return e
+
+
+def eda_batches(config, examples, featurize, num_rows: int):
+    """Task.make_train_batches for EDA: epoch e's batches come from `featurize(augmented examples of e)`,
+    cut or topped up to the plain run's `num_rows` windows so that every epoch has the same steps."""
+    e, train = config.task.eda, config.train
+    ramp_epochs = e.ramp_epochs
+    if not ramp_epochs:
+        steps_per_epoch = max(1, num_rows // train.batch_size)
+        ramp_epochs = math.ceil(train.epochs) if train.epochs > 0 else math.ceil(train.steps / steps_per_epoch)
+    eda_config = EdaConfig(
+        e.schedule, float(e.start_rate), float(e.end_rate), max(1, int(ramp_epochs)), e.swap, e.delete, e.duplicate
+    )
+
+    def arrays_for_epoch(epoch: int):
+        augmented = augment_examples(examples, eda_config, seed=config.seed, epoch=epoch)
+        log.info("squad: epoch %d, EDA rate %.4f", epoch, eda_config.rate(epoch))
+        return fit_rows(featurize(augmented), num_rows, np.random.default_rng([config.seed, epoch, FIT_STREAM]))
+
+    return lambda **iterator_args: PerEpochBatches(arrays_for_epoch, num_rows, **iterator_args)
 
 
 def load_tokenizer(spec, fallback: str = ""):
@@ -129,24 +171,32 @@ def build(config) -> Task:
     t = config.task
     if t.version not in ("v1.1", "v2.0"):
         raise ConfigError(f"task.version={t.version!r}: expected 'v1.1' or 'v2.0'")
-    spec, params = load_or_init(config.model, "qa", seed=config.seed)
+    spec, params = load_or_init(config.model, "qa", seed=config.seed, span_head=t.span_head)
     tokenizer = load_tokenizer(spec, t.tokenizer)
     train_examples, eval_examples = read_examples(t, config.seed)
     feature_config = FeatureConfig(t.max_seq_length, t.doc_stride, t.max_query_length)
     cache = Path(t.cache_dir).expanduser()
-    train_features = featurize_cached(train_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
+
+    def featurize_train(examples):  # cached per content: an augmented epoch has its own key
+        features = featurize_cached(examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
+        return {k: features[k] for k in MODEL_INPUTS + LABELS}
+
+    train_arrays = featurize_train(train_examples)
+    num_train = len(train_arrays["input_ids"])
+    make_train_batches = eda_batches(config, train_examples, featurize_train, num_train) if t.eda.enabled else None
     eval_features = None
     if eval_examples:
         # With labels (the first reference answer) so that evaluation also reports eval/loss.
         eval_features = featurize_cached(eval_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
-    log.info("squad: %d train questions -> %d windows", len(train_examples), len(train_features["input_ids"]))
+    log.info("squad: %d train questions -> %d windows", len(train_examples), num_train)
 
     return span_task(
         spec,
         params,
         start_weight=t.start_weight,
         end_weight=t.end_weight,
-        train_arrays={k: train_features[k] for k in MODEL_INPUTS + LABELS},
+        train_arrays=train_arrays,
+        make_train_batches=make_train_batches,
         eval_arrays={k: eval_features[k] for k in MODEL_INPUTS + LABELS} if eval_examples else None,
         evaluate=SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None,
         tokens_per_example=t.max_seq_length,
