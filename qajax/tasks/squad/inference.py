@@ -71,11 +71,15 @@ def evaluate(predictor: SpanPredictor, examples, *, out_dir=None, version_2=True
         postprocess.write_predictions(out_dir, predictions, nbest, null_odds)
     dataset = metric_dataset(examples)
     if version_2:
-        scores = metric.evaluate_v2(dataset, predictions, na_probs=null_odds)
+        # The metric's "no answer" cut is the one the predictions were made with (its default, 1.0, would
+        # blank answers kept by a higher null_threshold).
+        cut = options.get("null_threshold", 0.0)
+        scores = metric.evaluate_v2(dataset, predictions, na_probs=null_odds, na_prob_thresh=cut)
     else:
         scores = metric.evaluate_v1(dataset, predictions)
     if bertscore is not None:
-        scores.update(bertscore(dataset, predictions, version_2=version_2, na_probs=null_odds if version_2 else None))
+        judged = dict(na_probs=null_odds, na_prob_thresh=cut) if version_2 else dict(na_probs=None)
+        scores.update(bertscore(dataset, predictions, version_2=version_2, **judged))
     return scores
 
 

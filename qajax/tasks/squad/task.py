@@ -156,7 +156,9 @@ class SquadEvaluation:
         )
         predictions, _, null_odds = self.last
         if version_2:
-            scores = metric.evaluate_v2(self.dataset, predictions, na_probs=null_odds)
+            scores = metric.evaluate_v2(
+                self.dataset, predictions, na_probs=null_odds, na_prob_thresh=self.t.null_threshold
+            )
         else:
             scores = metric.evaluate_v1(self.dataset, predictions)
         return {f"eval/{k}": float(v) for k, v in scores.items()}

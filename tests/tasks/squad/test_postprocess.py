@@ -301,3 +301,25 @@ def test_random_windows_match_the_reference(n_best, version_2):
     assert want[3] > 0 or n_best == 1  # overlapping windows proposed the same span: dedup was exercised
     if version_2:
         assert 0 < sum(text == "" for text in got[0].values()) < len(examples)  # both sides of the threshold
+
+
+def test_evaluate_scores_answers_kept_by_a_null_threshold_above_one():
+    """The official default cut (na_prob > 1.0 means "no answer") must not undo a higher null_threshold."""
+    from qajax.tasks.squad.data import Answer, Example
+    from qajax.tasks.squad.inference import evaluate
+
+    examples = [
+        Example("a", "Who?", ("Rollo led them.",), (Answer("Rollo", 0),)),
+        Example("b", "When?", ("Rollo led them.",), ()),
+    ]
+    odds = {"a": 3.0, "b": 6.0}  # null score - best span score, in logits: kept when <= the threshold
+
+    def predictor(examples, *, null_threshold, **options):
+        predictions = {e.id: ("" if odds[e.id] > null_threshold else "Rollo") for e in examples}
+        return predictions, {}, odds
+
+    kept = evaluate(predictor, examples, null_threshold=4.0)
+    assert (kept["HasAns_exact"], kept["NoAns_exact"], kept["exact"]) == (100.0, 100.0, 100.0)
+    everything = evaluate(predictor, examples, null_threshold=float("inf"))
+    assert (everything["HasAns_exact"], everything["NoAns_exact"]) == (100.0, 0.0)
+    assert everything["best_exact"] == 100.0 and everything["best_exact_thresh"] == 3.0
