@@ -97,6 +97,7 @@ TECHNIQUE_ENTRIES = {
     "freeze-top2": {"freeze": dict(enabled=True, num_trainable_layers=2)},
     "lora-r8": {"lora": dict(enabled=True, rank=8)},
     "prompt": {"prompt": dict(enabled=True)},
+    "smart-t1": {"smart": dict(enabled=True, steps=1)},
 }
 
 

@@ -31,6 +31,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "prompt": ("prompt", "build", "default_config"),
     "freeze": ("freeze", "build", "default_config"),
     "l2": ("l2", "build", "default_config"),
+    "smart": ("smart", "build", "default_config"),
 }
 
 
