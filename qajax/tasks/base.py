@@ -38,6 +38,9 @@ class Task:
     # Several eval sets of different lengths ({name: arrays}), scored together by
     # evaluate({name: outputs gathered in order}, eval_sets); used instead of eval_arrays.
     eval_sets: dict[str, dict[str, np.ndarray]] | None = None
+    # Several outputs (multitask): logits(outputs) is {name: array} and this says what each compares as
+    # ("classes", "binary" or "regression"), with `{name}/input_ids` the batch's ids (SMART perturbs them).
+    output_kinds: dict[str, str] | None = None
 
     def train_batches(self, **iterator_args):
         """The training batches, from `BatchIterator`'s arguments (global_batch_size, seed, position, ...)."""

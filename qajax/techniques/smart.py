@@ -11,7 +11,9 @@ Optimization"; seed 003): smoothness-inducing adversarial regularization plus a 
 - f_teacher: the model at the momentum (EMA) params, theta_tilde <- beta * theta_tilde + (1 - beta) * theta
   after every update, kept in `state.extras["smart"]`; the proximal term is off with mu = 0 (no copy kept).
 - D: symmetric KL for classification and for span logits (softmax over the sequence for start and end
-  separately, padding masked), MSE for regression. `kind` = auto takes it from the task's head.
+  separately, padding masked), MSE for regression. `kind` = auto takes it from the task's head. A multitask
+  step perturbs every task's inputs in the batch and sums the tasks' terms, each with its own D (the task's
+  `output_kinds`: symmetric KL of the classes, of the Bernoulli for a binary logit, MSE for regression).
 
 Every pass runs in training mode with the loss's own rng, so dropout draws the same masks for the clean
 and the perturbed inputs and D measures the perturbation alone. The clean pass repeats the task loss's
@@ -30,7 +32,8 @@ from qajax.errors import ConfigError
 from qajax.models.encoder import lookup_word_embeddings
 
 KEY = "techniques.smart"
-KINDS = ("auto", "span", "classification", "regression")
+KINDS = ("auto", "span", "classification", "binary", "regression")
+MULTITASK_KINDS = {"classes": "classification", "binary": "binary", "regression": "regression"}
 NORMS = ("inf", "l2")
 TINY = 1e-12  # keeps a zero gradient's direction finite
 
@@ -69,6 +72,9 @@ def divergence(kind: str, a, b, batch) -> jax.Array:
         return jnp.mean(symmetric_kl(a, b, mask), axis=1)
     if kind == "classification":  # [B, C]
         return symmetric_kl(a, b)
+    if kind == "binary":  # [B] logits of Bernoulli distributions: (p - q)(logit p - logit q)
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        return (jax.nn.sigmoid(a) - jax.nn.sigmoid(b)) * (a - b)
     diff = (a - b).astype(jnp.float32).reshape(a.shape[0], -1)  # regression: [B] or [B, K]
     return jnp.mean(jnp.square(diff), axis=1)
 
@@ -97,7 +103,11 @@ class Smart:
         self.task, self.weight, self.steps = task, weight, steps
         self.sigma, self.eta, self.eps, self.norm = sigma, eta, eps, norm
         self.proximal_weight, self.beta = proximal_weight, beta
-        self.kind = _resolve_kind(kind, task)
+        # One entry per output compared: {"": kind} for a single task, {task name: kind} for multitask.
+        if task.output_kinds:
+            self.kinds = {name: MULTITASK_KINDS[k] if kind == "auto" else kind for name, k in task.output_kinds.items()}
+        else:
+            self.kinds = {"": _resolve_kind(kind, task)}
 
     def bind(self, task):
         self.task = task  # the final forward (LoRA merge, prompts): the perturbation reaches what trains
@@ -113,25 +123,45 @@ class Smart:
         blend = lambda t, p: self.beta * t + (1.0 - self.beta) * p.astype(t.dtype)
         return {"teacher": jax.tree.map(blend, own["teacher"], params)}
 
-    def _outputs(self, params, batch, rng, embeds=None):
-        """Training-mode logits, from the batch's ids or from given word embeddings."""
-        options = {} if embeds is None else {"inputs_embeds": embeds}
-        return self.task.logits(self.task.forward(params, batch, rng, deterministic=False, **options))
+    def _present(self, batch) -> list[str]:
+        return [name for name in self.kinds if _key(name, "input_ids") in batch]
+
+    def _outputs(self, params, batch, rng, embeds=None) -> dict:
+        """{name: training-mode logits}, from the batch's ids or from given word embeddings ({name: [.., E]})."""
+        options = {}
+        if embeds is not None:
+            options["inputs_embeds"] = embeds if self.task.output_kinds else embeds[""]
+        logits = self.task.logits(self.task.forward(params, batch, rng, deterministic=False, **options))
+        return logits if self.task.output_kinds else {"": logits}
+
+    def _divergences(self, batch, a: dict, b: dict) -> dict:
+        """{name: example-weighted mean D} of the outputs present in both."""
+        means = {}
+        for name in a:
+            per_example = divergence(self.kinds[name], a[name], b[name], _sub_batch(batch, name))
+            weights = batch.get(_key(name, "example_weight"), jnp.ones(per_example.shape, jnp.float32))
+            means[name] = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        return means
 
     def adversarial_delta(self, params, batch, rng, embeds, clean):
         """The perturbation after `steps` projected ascent steps from sigma-noise (no gradient to params)."""
         noise_rng = jax.random.fold_in(rng, 0x5A1)
-        delta = self.sigma * jax.random.normal(noise_rng, embeds.shape, jnp.float32).astype(embeds.dtype)
+        delta = {
+            name: self.sigma * jax.random.normal(jax.random.fold_in(noise_rng, i), e.shape, jnp.float32).astype(e.dtype)
+            for i, (name, e) in enumerate(sorted(embeds.items()))
+        }
         params, embeds, clean = jax.lax.stop_gradient((params, embeds, clean))
 
-        def objective(d):
-            return jnp.sum(divergence(self.kind, clean, self._outputs(params, batch, rng, embeds + d), batch))
+        def objective(d):  # summed over examples: each example's delta follows its own divergence
+            outputs = self._outputs(params, batch, rng, {name: embeds[name] + d[name] for name in embeds})
+            terms = [divergence(self.kinds[n], clean[n], outputs[n], _sub_batch(batch, n)) for n in outputs]
+            return sum(jnp.sum(t) for t in terms)
+
+        def ascend(d, g):
+            return project(d + self.eta * ascent_direction(g, self.norm).astype(d.dtype), self.eps, self.norm)
 
         for _ in range(self.steps):  # T is small (1 in the paper) and static: unrolled
-            grad = jax.grad(objective)(delta)
-            delta = project(
-                delta + self.eta * ascent_direction(grad, self.norm).astype(delta.dtype), self.eps, self.norm
-            )
+            delta = jax.tree.map(ascend, delta, jax.grad(objective)(delta))
         return jax.lax.stop_gradient(delta)
 
     def wrap_loss(self, loss_fn):
@@ -139,24 +169,35 @@ class Smart:
 
         def smart_loss(params, batch, rng, extras):
             loss, aux = loss_fn(params, batch, rng, extras)
-            weights = batch.get("example_weight", jnp.ones(batch["input_ids"].shape[:1], jnp.float32))
-            mean = lambda per_example: jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
             clean = self._outputs(params, batch, rng)  # the task loss's own pass again: XLA may share it
             smooth = jnp.zeros((), jnp.float32)
             if self.weight:  # a term with weight 0 is not traced at all: the step is the plain one
-                embeds = lookup_word_embeddings(params, encoder, batch["input_ids"])
+                ids = {name: batch[_key(name, "input_ids")] for name in self._present(batch)}
+                embeds = {name: lookup_word_embeddings(params, encoder, i) for name, i in ids.items()}
                 delta = self.adversarial_delta(params, batch, rng, embeds, clean)
-                smooth = mean(divergence(self.kind, clean, self._outputs(params, batch, rng, embeds + delta), batch))
+                perturbed = self._outputs(params, batch, rng, {n: embeds[n] + delta[n] for n in embeds})
+                smooth = sum(self._divergences(batch, clean, perturbed).values())
                 loss = loss + self.weight * smooth
             aux = {**aux, "smart_loss": smooth}
             if self.proximal_weight:
                 teacher_params = jax.lax.stop_gradient(extras[self.name]["teacher"])
                 teacher = jax.lax.stop_gradient(self._outputs(teacher_params, batch, rng))
-                proximal = mean(divergence(self.kind, clean, teacher, batch))
+                proximal = sum(self._divergences(batch, clean, teacher).values())
                 loss, aux = loss + self.proximal_weight * proximal, {**aux, "smart_proximal": proximal}
             return loss, aux
 
         return smart_loss
+
+
+def _key(name: str, field: str) -> str:
+    return f"{name}/{field}" if name else field
+
+
+def _sub_batch(batch, name: str) -> dict:
+    """The fields of one task's part of a multitask batch, unprefixed (the whole batch for a single task)."""
+    if not name:
+        return batch
+    return {k[len(name) + 1 :]: v for k, v in batch.items() if k.startswith(name + "/")}
 
 
 def _resolve_kind(kind: str, task) -> str:

@@ -115,18 +115,25 @@ class MultitaskModel(nn.Module):
 
     @nn.compact
     def __call__(self, batch: dict, *, deterministic: bool = True, **encoder_options) -> dict:
-        """batch: `{task}/input_ids` ... for the tasks present (any subset) -> {task: outputs}."""
+        """batch: `{task}/input_ids` ... for the tasks present (any subset) -> {task: outputs}.
+        `inputs_embeds` ({task: [..., seq, embedding]}) replaces the word lookup of those tasks (SMART)."""
         c = self.config
+        word_embeds = encoder_options.pop("inputs_embeds", None) or {}
         encoder = Encoder(c, add_pooling_layer=c.family != "electra", name=c.family)
         shared = ReluLayers(c, self.shared_layers, self.head_dropout, name="shared")
         heads = {
             spec.name: TaskHead(c, spec, self.task_layers, self.head_dropout, name=spec.name) for spec in self.heads
         }
 
-        def embed(ids, mask, types):  # [..., seq] -> [..., hidden]
+        def embed(ids, mask, types, words=None):  # [..., seq] -> [..., hidden]
             lead = ids.shape[:-1]
             flat = lambda x: x.reshape(-1, x.shape[-1])
-            out = encoder(flat(ids), flat(mask), flat(types), deterministic=deterministic, **encoder_options)
+            if words is not None:
+                words = words.reshape((-1,) + words.shape[-2:])
+            out = encoder(
+                None if words is not None else flat(ids), flat(mask), flat(types),
+                inputs_embeds=words, deterministic=deterministic, **encoder_options,
+            )  # fmt: skip
             pooled = pool(out.last_hidden_state, flat(mask), out.pooler_output, self.pooling)
             return shared(pooled, deterministic).reshape(lead + pooled.shape[-1:])
 
@@ -135,7 +142,7 @@ class MultitaskModel(nn.Module):
             if f"{name}/input_ids" not in batch:
                 continue
             inputs = [batch[f"{name}/{k}"] for k in ("input_ids", "attention_mask", "token_type_ids")]
-            outputs[name] = head(embed(*inputs), deterministic)
+            outputs[name] = head(embed(*inputs, word_embeds.get(name)), deterministic)
         return outputs
 
 

@@ -280,4 +280,5 @@ def build(config) -> Task:
         make_train_batches=make_train_batches,
         eval_sets=held_out or None,
         pcgrad=t.pcgrad,
+        output_kinds={spec.name: spec.kind for spec in specs},
     )
