@@ -16,10 +16,11 @@ Optimization"; seed 003): smoothness-inducing adversarial regularization plus a 
   `output_kinds`: symmetric KL of the classes, of the Bernoulli for a binary logit, MSE for regression).
 
 Every pass runs in training mode with the loss's own rng, so dropout draws the same masks for the clean
-and the perturbed inputs and D measures the perturbation alone. The clean pass repeats the task loss's
-forward exactly (same params, inputs and rng), which XLA can merge with it. Cost per step: T forward and
-backward passes for the ascent, one for the smoothness term, one forward of the teacher (the seed's
-T = 1: about 3x the plain step, the issue's bound).
+and the perturbed inputs and D measures the perturbation alone. The clean outputs are the task loss's own:
+`wrap_forward` remembers the one training-mode call that receives the loss's rng while the inner loss runs
+(as distill.py does), so the clean pass costs nothing; if there was no such call, or several, it runs again.
+Cost per step beyond the plain one: T forward and backward passes for the ascent (no weight gradients), one
+for the smoothness term and one teacher forward (the seed's T = 1: about 3x the plain step).
 """
 
 from __future__ import annotations
@@ -103,11 +104,22 @@ class Smart:
         self.task, self.weight, self.steps = task, weight, steps
         self.sigma, self.eta, self.eps, self.norm = sigma, eta, eps, norm
         self.proximal_weight, self.beta = proximal_weight, beta
+        self._clean_pass = None  # while the inner loss runs: {"rng": ..., "outputs": [...]}
         # One entry per output compared: {"": kind} for a single task, {task name: kind} for multitask.
         if task.output_kinds:
             self.kinds = {name: MULTITASK_KINDS[k] if kind == "auto" else kind for name, k in task.output_kinds.items()}
         else:
             self.kinds = {"": _resolve_kind(kind, task)}
+
+    def wrap_forward(self, forward):
+        def forward_seen(params, batch, rng=None, *, deterministic=True, **model_options):
+            outputs = forward(params, batch, rng, deterministic=deterministic, **model_options)
+            seen = self._clean_pass  # the inner loss's pass on the batch's own ids, with its own rng
+            if seen is not None and not deterministic and rng is seen["rng"] and not model_options:
+                seen["outputs"].append(outputs)
+            return outputs
+
+        return forward_seen
 
     def bind(self, task):
         self.task = task  # the final forward (LoRA merge, prompts): the perturbation reaches what trains
@@ -126,12 +138,15 @@ class Smart:
     def _present(self, batch) -> list[str]:
         return [name for name in self.kinds if _key(name, "input_ids") in batch]
 
-    def _outputs(self, params, batch, rng, embeds=None) -> dict:
-        """{name: training-mode logits}, from the batch's ids or from given word embeddings ({name: [.., E]})."""
-        options = {}
-        if embeds is not None:
-            options["inputs_embeds"] = embeds if self.task.output_kinds else embeds[""]
-        logits = self.task.logits(self.task.forward(params, batch, rng, deterministic=False, **options))
+    def _outputs(self, params, batch, rng, embeds=None, outputs=None) -> dict:
+        """{name: training-mode logits}, from the batch's ids or from given word embeddings ({name: [.., E]})
+        (or of given model `outputs`)."""
+        if outputs is None:
+            options = {}
+            if embeds is not None:
+                options["inputs_embeds"] = embeds if self.task.output_kinds else embeds[""]
+            outputs = self.task.forward(params, batch, rng, deterministic=False, **options)
+        logits = self.task.logits(outputs)
         return logits if self.task.output_kinds else {"": logits}
 
     def _divergences(self, batch, a: dict, b: dict) -> dict:
@@ -168,8 +183,13 @@ class Smart:
         encoder = self.task.spec.encoder
 
         def smart_loss(params, batch, rng, extras):
-            loss, aux = loss_fn(params, batch, rng, extras)
-            clean = self._outputs(params, batch, rng)  # the task loss's own pass again: XLA may share it
+            self._clean_pass = {"rng": rng, "outputs": []}
+            try:
+                loss, aux = loss_fn(params, batch, rng, extras)
+                seen = self._clean_pass["outputs"]
+            finally:
+                self._clean_pass = None
+            clean = self._outputs(params, batch, rng, outputs=seen[0] if len(seen) == 1 else None)
             smooth = jnp.zeros((), jnp.float32)
             if self.weight:  # a term with weight 0 is not traced at all: the step is the plain one
                 ids = {name: batch[_key(name, "input_ids")] for name in self._present(batch)}

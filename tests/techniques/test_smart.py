@@ -2,6 +2,7 @@
 differences; the momentum teacher against a hand EMA; the technique off equals plain training bit for bit;
 LoRA + SDA + SMART together train through the loop."""
 
+import dataclasses
 import functools
 import types
 
@@ -167,3 +168,22 @@ def test_config_errors_name_the_key(key, value, message):
     config[key] = value
     with pytest.raises(ConfigError, match=message):
         smart.build(config, _task(0.0))
+
+
+def test_the_clean_pass_is_the_task_losses_own():
+    """One training-mode forward on the batch's ids (the task loss's, reused), T + 1 on perturbed embeddings."""
+    calls = []
+    task = _task(0.1)
+    forward = task.forward
+
+    def counted(params, batch, rng=None, *, deterministic=True, **options):
+        calls.append(("embeds" if "inputs_embeds" in options else "ids", deterministic))
+        return forward(params, batch, rng, deterministic=deterministic, **options)
+
+    task = dataclasses.replace(task, forward=counted)
+    config = smart.default_config()
+    config.update(enabled=True, steps=2, proximal_weight=0.0)
+    technique = smart.build(config, task)
+    task, _, _ = apply_techniques(task, [technique], tiny_config().optimizer)
+    jax.eval_shape(technique.wrap_loss(task.loss_fn), task.initial_params, BATCHES[0], jax.random.key(0), {})
+    assert sorted(calls) == [("embeds", False)] * 3 + [("ids", False)]
