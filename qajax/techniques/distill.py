@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from qajax.errors import ConfigError
+from qajax.techniques.inner_pass import InnerPass
 
 MODES = ("window", "ema")
 
@@ -89,7 +90,7 @@ class _SelfDistill:
 
     def __init__(self, task, *, weight: float, window: int, snapshot_every: int):
         self.task, self.weight, self.window, self.snapshot_every = task, weight, window, snapshot_every
-        self._student_pass = None  # while this technique's loss runs: {"rng": ..., "outputs": [...]}
+        self._student_pass = InnerPass()
 
     def bind(self, task):
         self.task = task  # the final forward (LoRA merge, prompts): the teacher runs what the student runs
@@ -106,24 +107,13 @@ class _SelfDistill:
         return {"snapshots": jax.tree.map(put, own["snapshots"], params), "count": own["count"] + take}
 
     def wrap_forward(self, forward):
-        def forward_seen(params, batch, rng=None, *, deterministic=True, **model_options):
-            outputs = forward(params, batch, rng, deterministic=deterministic, **model_options)
-            seen = self._student_pass  # the task loss's student pass: training mode, the loss's own rng
-            if seen is not None and not deterministic and rng is seen["rng"]:
-                seen["outputs"].append(outputs)
-            return outputs
-
-        return forward_seen
+        return self._student_pass.wrap_forward(forward)  # the task loss's student pass: reused
 
     def wrap_loss(self, loss_fn):
         def distilled(params, batch, rng, extras):
-            self._student_pass = {"rng": rng, "outputs": []}
-            try:
-                loss, aux = loss_fn(params, batch, rng, extras)
-                seen = self._student_pass["outputs"]
-            finally:
-                self._student_pass = None
-            student = seen[0] if len(seen) == 1 else self.task.forward(params, batch, rng, deterministic=False)
+            loss, aux, student = self._student_pass.run(loss_fn, params, batch, rng, extras)
+            if student is None:
+                student = self.task.forward(params, batch, rng, deterministic=False)
             student = self.task.logits(student).astype(jnp.float32)  # [batch, 2, seq]
             teacher = jax.lax.stop_gradient(self.teacher_logits(extras[self.name], batch))
             per_example = jnp.mean(jnp.square(student - teacher).reshape(student.shape[0], -1), axis=1)

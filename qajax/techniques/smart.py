@@ -31,6 +31,7 @@ import ml_collections
 
 from qajax.errors import ConfigError
 from qajax.models.encoder import lookup_word_embeddings
+from qajax.techniques.inner_pass import InnerPass
 
 KEY = "techniques.smart"
 KINDS = ("auto", "span", "classification", "binary", "regression")
@@ -104,7 +105,7 @@ class Smart:
         self.task, self.weight, self.steps = task, weight, steps
         self.sigma, self.eta, self.eps, self.norm = sigma, eta, eps, norm
         self.proximal_weight, self.beta = proximal_weight, beta
-        self._clean_pass = None  # while the inner loss runs: {"rng": ..., "outputs": [...]}
+        self._clean_pass = InnerPass()
         # One entry per output compared: {"": kind} for a single task, {task name: kind} for multitask.
         if task.output_kinds:
             self.kinds = {name: MULTITASK_KINDS[k] if kind == "auto" else kind for name, k in task.output_kinds.items()}
@@ -112,14 +113,7 @@ class Smart:
             self.kinds = {"": _resolve_kind(kind, task)}
 
     def wrap_forward(self, forward):
-        def forward_seen(params, batch, rng=None, *, deterministic=True, **model_options):
-            outputs = forward(params, batch, rng, deterministic=deterministic, **model_options)
-            seen = self._clean_pass  # the inner loss's pass on the batch's own ids, with its own rng
-            if seen is not None and not deterministic and rng is seen["rng"] and not model_options:
-                seen["outputs"].append(outputs)
-            return outputs
-
-        return forward_seen
+        return self._clean_pass.wrap_forward(forward)
 
     def bind(self, task):
         self.task = task  # the final forward (LoRA merge, prompts): the perturbation reaches what trains
@@ -183,13 +177,8 @@ class Smart:
         encoder = self.task.spec.encoder
 
         def smart_loss(params, batch, rng, extras):
-            self._clean_pass = {"rng": rng, "outputs": []}
-            try:
-                loss, aux = loss_fn(params, batch, rng, extras)
-                seen = self._clean_pass["outputs"]
-            finally:
-                self._clean_pass = None
-            clean = self._outputs(params, batch, rng, outputs=seen[0] if len(seen) == 1 else None)
+            loss, aux, outputs = self._clean_pass.run(loss_fn, params, batch, rng, extras)
+            clean = self._outputs(params, batch, rng, outputs=outputs)
             smooth = jnp.zeros((), jnp.float32)
             if self.weight:  # a term with weight 0 is not traced at all: the step is the plain one
                 ids = {name: batch[_key(name, "input_ids")] for name in self._present(batch)}
