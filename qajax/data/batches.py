@@ -62,6 +62,12 @@ class BatchIterator:
     global array (sharded on axis 1) holds the same examples on any number of hosts.
     `drop_remainder=False` completes an epoch's last batch by wrapping to the start of that epoch's order:
     every example is seen each epoch and shapes stay static (a short batch would recompile the step).
+
+    `length_bucket=m` (> 0) cuts padding: each pool of `bucket_pool` batches of the shuffled order is sorted
+    by length (the last nonzero of `length_key` + 1) and cut into batches, the epoch's batches are shuffled,
+    and each batch is trimmed to its longest row rounded up to a multiple of m. Every array whose rows have
+    the shape of `length_key`'s rows is trimmed along its last axis. The step then compiles once per
+    length (at most width / m times) and skips the padding that dominates short examples.
     """
 
     def __init__(
@@ -76,6 +82,9 @@ class BatchIterator:
         process_count: int = 1,
         accumulation_steps: int = 1,
         position: Position = START,
+        length_bucket: int = 0,
+        length_key: str = "attention_mask",
+        bucket_pool: int = 50,
     ):
         self._arrays = {key: np.asarray(value) for key, value in arrays.items()}
         self._num_examples = _num_examples(self._arrays)
@@ -104,13 +113,30 @@ class BatchIterator:
         micro_per_process = per_process // accumulation_steps
         self._columns = slice(process_index * micro_per_process, (process_index + 1) * micro_per_process)
         self._order_epoch, self._order = -1, np.empty(0, np.int64)
+        self._length_bucket, self._bucket_pool = length_bucket, bucket_pool
+        if length_bucket:
+            self._lengths, self._trimmed = _row_lengths(self._arrays, length_key, length_bucket, bucket_pool)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:  # one permutation per epoch, not per batch
             rng = np.random.default_rng([self._seed, epoch])
             self._order = rng.permutation(self._num_examples) if self._shuffle else np.arange(self._num_examples)
+            if self._length_bucket:
+                self._order = self._bucketed(self._order, np.random.default_rng([self._seed, epoch, 1]))
             self._order_epoch = epoch
         return self._order
+
+    def _bucketed(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's slots (wrap included), sorted by length within pools, batches in a shuffled order."""
+        b = self.global_batch_size
+        slots = order[np.arange(self.steps_per_epoch * b) % self._num_examples]
+        pool = self._bucket_pool * b
+        pools = [slots[i : i + pool] for i in range(0, len(slots), pool)]
+        slots = np.concatenate([p[np.argsort(-self._lengths[p], kind="stable")] for p in pools])
+        batches = slots.reshape(self.steps_per_epoch, b)
+        if self._shuffle:
+            batches = batches[rng.permutation(self.steps_per_epoch)]
+        return batches.reshape(-1)
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -118,13 +144,40 @@ class BatchIterator:
     def __next__(self) -> Batch:
         epoch, batch = self.position.epoch, self.position.batch_in_epoch
         slots = batch * self.global_batch_size + np.arange(self.global_batch_size)
-        rows = self._epoch_order(epoch)[slots % self._num_examples]  # modulo: the wrap of drop_remainder=False
+        order = self._epoch_order(epoch)
+        rows = order[slots % len(order)]  # modulo: the wrap of drop_remainder=False (bucketed orders hold it)
+        width = None
+        if self._length_bucket:  # every process sees the whole global batch, so all trim to one width
+            m = self._length_bucket
+            width = max(m, -(-int(self._lengths[rows].max()) // m) * m)
         rows = rows.reshape(self.accumulation_steps, -1)[:, self._columns]  # [k, micro_per_process]
         if self.accumulation_steps == 1:
             rows = rows[0]
         batch += 1
         self.position = Position(epoch + 1, 0) if batch == self.steps_per_epoch else Position(epoch, batch)
-        return {key: value[rows] for key, value in self._arrays.items()}
+        out = {key: value[rows] for key, value in self._arrays.items()}
+        if width is not None:
+            for key in self._trimmed:
+                out[key] = np.ascontiguousarray(out[key][..., :width])
+        return out
+
+
+def _row_lengths(arrays: Mapping[str, np.ndarray], length_key: str, multiple: int, pool: int):
+    """Each row's length (its last nonzero `length_key` entry + 1) and the keys trimmed with it."""
+    if multiple < 0 or pool < 1:
+        raise ValueError(f"length_bucket={multiple} must be >= 0 and bucket_pool={pool} >= 1")
+    if length_key not in arrays or np.ndim(arrays[length_key]) < 2:
+        raise ValueError(
+            f"length bucketing reads the lengths from {length_key!r} [rows, ..., seq]; the dataset has "
+            f"{ {k: np.shape(v) for k, v in arrays.items()} }"
+        )
+    mask = arrays[length_key] != 0
+    row_shape = mask.shape[1:]
+    width = row_shape[-1]
+    last = np.where(mask.any(-1), width - np.argmax(mask[..., ::-1], axis=-1), 0)  # [rows, ...]
+    lengths = last.reshape(len(mask), -1).max(1)
+    trimmed = [key for key, value in arrays.items() if np.shape(value)[1:] == row_shape]
+    return lengths, trimmed
 
 
 def eval_batches(

@@ -22,7 +22,8 @@ class PerEpochBatches:
     def __init__(self, arrays_for_epoch: ArraysForEpoch, num_rows: int, *, position: Position = START, **iterator_args):
         self._arrays_for_epoch, self._num_rows, self._args = arrays_for_epoch, num_rows, iterator_args
         # Sizes only depend on the row count: a stand-in dataset gives steps_per_epoch without building any epoch.
-        self.steps_per_epoch = BatchIterator({"row": np.arange(num_rows)}, **iterator_args).steps_per_epoch
+        sizes = {k: v for k, v in iterator_args.items() if k not in ("length_bucket", "length_key", "bucket_pool")}
+        self.steps_per_epoch = BatchIterator({"row": np.arange(num_rows)}, **sizes).steps_per_epoch
         self.position = position
         self._iterator, self._epoch = None, -1
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from qajax.models.config import EncoderConfig
+from qajax.models.dropout import Dropout
 
 ACTIVATIONS = {
     "gelu": partial(nn.gelu, approximate=False),
@@ -85,7 +86,7 @@ def attend(config, hidden, mask, *, deterministic, output_attentions):
     scores = jnp.einsum("btnd,bsnd->bnts", query, key) / jnp.sqrt(config.head_dim).astype(query.dtype)
     scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(config.compute_dtype)  # [B, N, T, S]
-    dropped = nn.Dropout(config.attention_dropout)(probs, deterministic=not dropout_probs)
+    dropped = Dropout(config.attention_dropout)(probs, deterministic=not dropout_probs)
     context = jnp.einsum("bnts,bsnd->btnd", dropped, value)
     return context.reshape(hidden.shape), (probs if output_attentions else None)
 
@@ -93,7 +94,7 @@ def attend(config, hidden, mask, *, deterministic, output_attentions):
 def project_add_norm(config, x, residual, *, deterministic, dense_name="dense", norm_name="LayerNorm"):
     """LayerNorm(dropout(Dense(x)) + residual): the output of every attention and feed-forward block."""
     x = dense(config, config.hidden_size, dense_name)(x)
-    x = nn.Dropout(config.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(config.hidden_dropout)(x, deterministic=deterministic)
     return layer_norm(config, norm_name)(x + residual)
 
 
@@ -351,7 +352,7 @@ class Embeddings(nn.Module):
             + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
         )
         hidden = layer_norm(c, "LayerNorm")(hidden)
-        return nn.Dropout(c.hidden_dropout)(hidden, deterministic=deterministic)
+        return Dropout(c.hidden_dropout)(hidden, deterministic=deterministic)
 
 
 class Pooler(nn.Module):  # BERT `pooler/dense`

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from qajax.models.config import EncoderConfig
+from qajax.models.dropout import Dropout
 from qajax.models.encoder import ACTIVATIONS, Encoder, EncoderOutput, dense
 from qajax.models.layer_heads import check_span_head, layer_span_logits
 
@@ -66,7 +67,7 @@ class ElectraClassificationHead(nn.Module):  # HF `classifier/{dense,out_proj}`
     @nn.compact
     def __call__(self, hidden, deterministic):
         c = self.config
-        dropout = nn.Dropout(c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout)
+        dropout = Dropout(c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout)
         x = dropout(hidden[:, 0], deterministic=deterministic)
         # ELECTRA's authors use GELU here where BERT's pooler uses tanh (as HF does).
         x = ACTIVATIONS["gelu"](dense(c, c.hidden_size, "dense")(x))
@@ -89,7 +90,7 @@ class ClassificationModel(nn.Module):
         out = encoder(input_ids, attention_mask, token_type_ids, position_ids, **options)
         if pooled_family:
             rate = c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout
-            pooled = nn.Dropout(rate)(out.pooler_output, deterministic=deterministic)
+            pooled = Dropout(rate)(out.pooler_output, deterministic=deterministic)
             logits = dense(c, self.num_labels, "classifier")(pooled)
         else:
             logits = ElectraClassificationHead(c, self.num_labels, name="classifier")(

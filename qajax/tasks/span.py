@@ -33,6 +33,7 @@ def make_output_loss(start_weight: float = 1.0, end_weight: float = 1.0):
             batch["start_positions"],
             batch["end_positions"],
             batch.get("example_weight"),
+            batch.get("attention_mask"),
             start_weight=start_weight,
             end_weight=end_weight,
         )

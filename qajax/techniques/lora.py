@@ -36,6 +36,7 @@ import numpy as np
 
 from qajax import tree
 from qajax.errors import CheckpointError, ConfigError
+from qajax.models.dropout import dropout
 
 KEY = "techniques.lora"
 ADAPTERS = ("lora_a", "lora_b")
@@ -143,9 +144,8 @@ def adapter_interceptor(scale: float, rate: float):
             return next_fun(*args, **kwargs)
         (x,) = args  # [..., in]
         y = next_fun(x)
-        if rate:  # inverted dropout, as nn.Dropout: kept inputs scaled by 1 / (1 - rate)
-            keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
-            x = jnp.where(keep, x / (1.0 - rate), 0.0)
+        if rate:  # inverted dropout on the adapter's input, as the encoder's own dropout
+            x = dropout(x, rate, module.make_rng("dropout"))
         a, b = (module.get_variable("params", name).astype(y.dtype) for name in ADAPTERS)
         return y + (scale * ((x.astype(y.dtype) @ a) @ b)).astype(y.dtype)
 

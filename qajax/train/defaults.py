@@ -16,6 +16,8 @@ def add_engine_sections(config: ml_collections.ConfigDict) -> ml_collections.Con
     config.train.batch_size = 32  # global, over all devices and processes
     config.train.accumulation_steps = 1  # micro-batches per step (batch_size / accumulation each)
     config.train.eval_batch_size = 64  # global; the last batch is padded, never a new shape
+    # > 0: batches of similar lengths, trimmed to a multiple of this (e.g. 64); one compile per length
+    config.train.length_bucket = 0
     config.train.log_every = 20
     config.train.eval_every = 100  # 0: only at the end
     config.train.eval_at_start = False  # also evaluate the initial model (logged at step 0)

@@ -151,6 +151,11 @@ def train(config, workdir: str | Path) -> dict:
         process_count=jax.process_count(),
         accumulation_steps=t.accumulation_steps,
     )
+    length_bucket = t.get("length_bucket", 0)  # configs saved before the option have none
+    if length_bucket < 0:
+        raise ConfigError(f"train.length_bucket={length_bucket}: expected 0 (off) or a positive multiple")
+    if length_bucket:
+        iterator_args["length_bucket"] = length_bucket
     steps_per_epoch = task.train_batches(**iterator_args).steps_per_epoch
     total_steps = resolve_steps(t, steps_per_epoch)
     tx, schedule = optim.make_optimizer(

@@ -55,47 +55,59 @@ def make_train_step(
     full_loss = compose_loss(loss_fn, techniques)
     updating = [t for t in techniques if hasattr(t, "update_extras")]
 
-    def weighted_grads(params, batch, rng, extras, loss_scale):
-        """Example-weighted sums of loss, grads and aux over one (micro-)batch."""
+    def mean_grads(params, batch, rng, extras, loss_scale):
+        """Gradients of the batch-mean loss, the loss and aux means, and the example weight of the mean."""
 
         def scaled(p):
             loss, aux = full_loss(p, batch, rng, extras)
-            return loss * loss_scale, (loss, aux)
+            return (loss if loss_scale is None else loss * loss_scale), (loss, aux)
 
         (_, (loss, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-        aux = dict(aux)
-        weight = jnp.asarray(aux.pop("weight", 1.0), jnp.float32)
-        grads = jax.tree.map(lambda g: g * (weight / loss_scale), grads)
-        sums = {"loss": loss * weight, **{k: v * weight for k, v in aux.items()}}
-        return grads, sums, weight
+        if loss_scale is not None:
+            grads = jax.tree.map(lambda g: g / loss_scale, grads)
+        means = {"loss": loss, **aux}
+        weight = jnp.asarray(means.pop("weight", 1.0), jnp.float32)
+        return grads, means, weight
+
+    def weighted_grads(params, batch, rng, extras, loss_scale):
+        """Example-weighted sums of loss, grads and aux over one (micro-)batch."""
+        grads, means, weight = mean_grads(params, batch, rng, extras, loss_scale)
+        scale = lambda x: x * weight
+        return jax.tree.map(scale, grads), jax.tree.map(scale, means), weight
 
     def step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        loss_scale = 1.0 if state.dynamic_scale is None else state.dynamic_scale.scale
+        loss_scale = None if state.dynamic_scale is None else state.dynamic_scale.scale
 
-        if accumulation_steps == 1:
-            grads, sums, weight = weighted_grads(state.params, batch, rng, state.extras, loss_scale)
+        if accumulation_steps == 1 and axis_name is None:
+            # One mean over the whole (global) batch: weighted sums would cost two extra passes over the grads.
+            grads, means, _ = mean_grads(state.params, batch, rng, state.extras, loss_scale)
         else:
+            if accumulation_steps == 1:
+                grads, sums, weight = weighted_grads(state.params, batch, rng, state.extras, loss_scale)
+            else:
 
-            def micro_step(carry, inputs):
-                index, micro_batch = inputs
-                micro = weighted_grads(
-                    state.params, micro_batch, jax.random.fold_in(rng, index), state.extras, loss_scale
+                def micro_step(carry, inputs):
+                    index, micro_batch = inputs
+                    micro = weighted_grads(
+                        state.params, micro_batch, jax.random.fold_in(rng, index), state.extras, loss_scale
+                    )
+                    return jax.tree.map(jnp.add, carry, micro), None
+
+                zeros = jax.eval_shape(
+                    lambda: weighted_grads(
+                        state.params, jax.tree.map(lambda x: x[0], batch), rng, state.extras, loss_scale
+                    )
                 )
-                return jax.tree.map(jnp.add, carry, micro), None
-
-            zeros = jax.eval_shape(
-                lambda: weighted_grads(state.params, jax.tree.map(lambda x: x[0], batch), rng, state.extras, loss_scale)
-            )
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-            (grads, sums, weight), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accumulation_steps), batch))
-
-        if axis_name is not None:
-            grads, sums, weight = jax.lax.psum((grads, sums, weight), axis_name)
-        grads = jax.tree.map(lambda g: g / weight, grads)
-        metrics = {f"train/{k}": v / weight for k, v in sums.items()}
+                zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+                (grads, sums, weight), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accumulation_steps), batch))
+            if axis_name is not None:
+                grads, sums, weight = jax.lax.psum((grads, sums, weight), axis_name)
+            grads = jax.tree.map(lambda g: g / weight, grads)
+            means = {k: v / weight for k, v in sums.items()}
+        metrics = {f"train/{k}": v for k, v in means.items()}
 
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(grad_norm)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from qajax.models.config import EncoderConfig
+from qajax.models.dropout import Dropout
 from qajax.models.encoder import Encoder, dense
 
 FORMS = ("concat", "cosine", "cross")
@@ -55,7 +56,7 @@ class ReluLayers(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool):
         for i in range(self.num_layers):
-            x = nn.Dropout(self.rate)(x, deterministic=deterministic)
+            x = Dropout(self.rate)(x, deterministic=deterministic)
             x = nn.relu(dense(self.config, self.config.hidden_size, f"dense_{i}")(x))
         return x
 
@@ -85,7 +86,7 @@ class TaskHead(nn.Module):
         """embedded: [B, H] (sentence or cross-encoded pair) or [B, 2, H] (the two sentences apart)."""
         c, spec = self.config, self.spec
         x = ReluLayers(c, self.task_layers, self.rate, name="layers")(embedded, deterministic)
-        dropout = lambda h: nn.Dropout(self.rate)(h, deterministic=deterministic)
+        dropout = lambda h: Dropout(self.rate)(h, deterministic=deterministic)
         if not spec.is_pair:
             return {"score": dense(c, spec.num_classes, "output")(dropout(x)).astype(jnp.float32)}
         if spec.form == "cross":

@@ -66,6 +66,7 @@ class MultitaskBatches:
         process_count: int = 1,
         accumulation_steps: int = 1,
         position: Position = START,
+        length_bucket: int = 0,
     ):
         self.schedule, self.seed = schedule, seed
         stream_args = dict(
@@ -73,6 +74,7 @@ class MultitaskBatches:
             process_index=process_index,
             process_count=process_count,
             accumulation_steps=accumulation_steps,
+            length_bucket=length_bucket,
         )
         # Each task its own shuffle seed, so that two tasks of equal size do not share an order.
         make_stream = lambda i, arrays, at=START: BatchIterator(

@@ -84,7 +84,8 @@ def _check_inputs(examples, features, start_logits, end_logits, n_best, max_answ
 
 def _candidates(start_logits, end_logits, offsets, n_best, max_answer_length):
     """Valid (window, start token, end token) pairs from each window's top-n_best starts and ends, as BERT and
-    HF pick them: the top-k is taken over all tokens first, and pairs outside the context are dropped after."""
+    HF pick them: the top-k is taken over all real tokens first, and pairs outside the context are dropped
+    after (BERT and HF rank padding too; here it is -inf)."""
     windows, tokens = start_logits.shape
     k = min(n_best, tokens)
     starts = np.argpartition(-start_logits, k - 1, axis=1)[:, :k]  # [F, k]; their order does not matter
@@ -163,7 +164,11 @@ def postprocess(
     example_index, context_index, offsets = _check_inputs(
         examples, features, start_logits, end_logits, n_best, max_answer_length
     )
-    # Step 1: valid pairs of every window, with float64 scores.
+    # Step 1: valid pairs of every window, with float64 scores. Padding never holds an answer, and a model
+    # trained on batches trimmed by length never learned to score it low: it must not crowd the top-k.
+    if "attention_mask" in features:
+        padding = np.asarray(features["attention_mask"])[:, : start_logits.shape[1]] == 0
+        start_logits, end_logits = (np.where(padding, -np.inf, x) for x in (start_logits, end_logits))
     window, start, end, char_start, char_end = _candidates(start_logits, end_logits, offsets, n_best, max_answer_length)
     start_logit = start_logits[window, start].astype(np.float64)
     end_logit = end_logits[window, end].astype(np.float64)

@@ -323,3 +323,18 @@ def test_evaluate_scores_answers_kept_by_a_null_threshold_above_one():
     everything = evaluate(predictor, examples, null_threshold=float("inf"))
     assert (everything["HasAns_exact"], everything["NoAns_exact"]) == (100.0, 0.0)
     assert everything["best_exact"] == 100.0 and everything["best_exact_thresh"] == 3.0
+
+
+def test_padding_does_not_crowd_real_tokens_out_of_the_top_starts_and_ends():
+    """A model trained on length-trimmed batches never scored padding: its logits there may top every real
+    token. With the attention mask given, the n-best still finds the span (BERT's rule would find none)."""
+    feats = features([(0, 0, WORDS[:5])])  # tokens 4..8 context, 9 [SEP], 10..15 padding
+    padding = {f"w0_t{t}": 50.0 for t in range(10, 16)}
+    start = logits(1, **padding, **{f"w0_t{tok(1)}": 2.0})
+    end = logits(1, **padding, **{f"w0_t{tok(2)}": 2.0})
+    example = [Example("q", (CONTEXT,))]
+    blind, _, _ = postprocess(example, feats, start, end, n_best=4, version_2=False)
+    assert blind == {"q": ""}  # the top 4 starts and ends are all padding
+    feats["attention_mask"] = (np.arange(16) < 10).astype(np.int32)[None]
+    predictions, nbest, _ = postprocess(example, feats, start, end, n_best=4, version_2=False)
+    assert predictions == {"q": "w1 w2"} and nbest["q"][0]["start_logit"] == 2.0
