@@ -101,18 +101,60 @@ TECHNIQUE_ENTRIES = {
 }
 
 
-def qajax_step(shape: Shape, mode: str = "mesh", techniques: dict | None = None, **encoder_options):
-    """(step, state, batch) for our span-QA train step with the engine's optimizer and parallel layer (mesh
-    or pmap); `techniques` = {section: overrides} switches techniques on exactly as a config does."""
+def span_qa_task(shape: Shape, **encoder_options):
+    """Our span-QA task on `shape`, freshly initialised, and a synthetic batch for it."""
     from qajax.models.spec import ModelSpec
     from qajax.tasks.span import span_task
-    from qajax.techniques import apply_techniques, build_techniques, techniques_section
-    from qajax.train import optim
 
     spec = ModelSpec(shape.encoder(**encoder_options), "qa")
     params = jax.device_get(init_params(spec.build(), jax.random.key(0)))
     task = span_task(spec, params, start_weight=1.0, end_weight=1.0, train_arrays={}, eval_arrays=None,
                      evaluate=None, tokens_per_example=shape.seq_len)  # fmt: skip
+    return task, synthetic_batch(shape)
+
+
+def multitask_task(shape: Shape, pcgrad: bool = True):
+    """The multitask task (SST-5, Quora, STS-B heads, cross-encoded pairs) on `shape` with PCGrad, and one
+    step of the `together` schedule holding the plain step's batch_size examples split over the three tasks:
+    the step pays a forward and backward pass per task and the projection of their gradients."""
+    from qajax.models.spec import ModelSpec
+    from qajax.tasks.multitask import model as multitask_model
+    from qajax.tasks.multitask import task as multitask
+
+    t = multitask.default_config()
+    t.schedule, t.pcgrad = "together", pcgrad
+    specs = multitask.head_specs(t)
+    model = multitask_model.MultitaskModel(shape.encoder(), specs, head_dropout=t.head_dropout)
+    params = jax.device_get(multitask_model.init_params(model, jax.random.key(0)))
+    task = multitask.assemble(t, ModelSpec(shape.encoder(), "encoder"), model, params, {}, {}, {})
+    rng = np.random.default_rng(0)
+    batch = {}
+    for i, spec in enumerate(specs):
+        rows = dataclasses.replace(
+            shape, batch_size=shape.batch_size // len(specs) + (i < shape.batch_size % len(specs))
+        )
+        inputs = synthetic_batch(rows, seed=i)
+        batch.update({f"{spec.name}/{k}": inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+        if spec.kind == "classes":
+            labels = rng.integers(0, spec.num_classes, rows.batch_size).astype(np.int32)
+        elif spec.kind == "binary":
+            labels = rng.integers(0, 2, rows.batch_size).astype(np.float32)
+        else:
+            labels = rng.uniform(0, spec.max_value, rows.batch_size).astype(np.float32)
+        batch[f"{spec.name}/labels"] = labels
+    return task, batch
+
+
+def qajax_step(
+    shape: Shape, mode: str = "mesh", techniques: dict | None = None, make_task: Callable = span_qa_task, **options
+):
+    """(step, state, batch) for our train step with the engine's optimizer and parallel layer (mesh or pmap);
+    `techniques` = {section: overrides} switches techniques on exactly as a config does; `make_task(shape,
+    **options)` gives the task and its batch (span QA by default)."""
+    from qajax.techniques import apply_techniques, build_techniques, techniques_section
+    from qajax.train import optim
+
+    task, batch = make_task(shape, **options)
     config = ml_collections.ConfigDict({"techniques": techniques_section()})
     for section, overrides in (techniques or {}).items():
         config.techniques[section].update(overrides)
@@ -127,7 +169,7 @@ def qajax_step(shape: Shape, mode: str = "mesh", techniques: dict | None = None,
     step = make_train_step(task.loss_fn, tx, techniques=built, axis_name=axis)
     step = parallel.compile_step(step, abstract)
     state = parallel.create_state(make_state, task.initial_params)
-    return step, state, parallel.place_batch(synthetic_batch(shape))
+    return step, state, parallel.place_batch(batch)
 
 
 def qajax_eval(shape: Shape, mode: str = "mesh"):
@@ -246,6 +288,7 @@ def run(
         "qajax": lambda: qajax_step(shape, mode),
         "qajax-eval": lambda: qajax_eval(shape, mode),
         **{name: (lambda t=t: qajax_step(shape, mode, t)) for name, t in TECHNIQUE_ENTRIES.items()},
+        "multitask-pcgrad": lambda: qajax_step(shape, mode, make_task=multitask_task),
         "hf-flax": lambda: hf_flax_step(shape),
         "hf-pytorch": lambda: hf_pytorch_step(shape),
     }

@@ -153,7 +153,8 @@ def _add_span_options(p) -> None:
     p.add_argument("--null-threshold", type=float, default=0.0, help='predict "" when null - best span > this')
 
 
-TECHNIQUE_NAMES = ("sda", "sdv-k3", "sdv-k5", "freeze-top2", "lora-r8", "prompt")  # qajax.bench.TECHNIQUE_ENTRIES
+# qajax.bench.TECHNIQUE_ENTRIES and the multitask step
+TECHNIQUE_NAMES = ("sda", "sdv-k3", "sdv-k5", "smart-t1", "lora-r8", "prompt", "freeze-top2", "multitask-pcgrad")
 PRESETS = {
     "minilm": dict(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536, seq_len=128, batch_size=16),
     "bert-base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072, seq_len=384, batch_size=32),

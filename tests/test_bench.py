@@ -43,3 +43,13 @@ def test_cli_json_output(capsys):
 def test_unknown_entry_is_refused():
     with pytest.raises(ValueError, match="unknown benchmark entries"):
         bench.run(bench.Shape(**TINY), ["qajax", "nope"], steps=1)
+
+
+def test_multitask_pcgrad_entry_splits_the_batch_over_three_tasks():
+    shape = bench.Shape(vocab_size=128, **{**TINY, "batch_size": 8})
+    task, batch = bench.multitask_task(shape)
+    sizes = {name: batch[f"{name}/input_ids"].shape[0] for name in ("sst", "quora", "sts")}
+    assert sizes == {"sst": 3, "quora": 3, "sts": 2} and task.pcgrad
+    report = bench.run(shape, ["qajax", "multitask-pcgrad"], steps=1, warmup=0, peak_flops=1e12)
+    assert [r["name"] for r in report["results"]] == ["qajax", "multitask-pcgrad"]
+    assert report["results"][1]["ratio"] > 0

@@ -223,8 +223,13 @@ def train(config, workdir: str | Path) -> dict:
         if evaluator is not None and t.eval_at_start and start_step == 0:
             summary["initial"] = evaluator(state.params)
             logger.write(0, summary["initial"])
+        tokens = 0  # as fed to the step: batches trimmed by length count their own width
         while step < total_steps:
-            state, metrics = step_fn(state, next(batches))
+            batch = next(batches)
+            width = batch["input_ids"].shape[-1] if "input_ids" in batch else task.tokens_per_example
+            tokens += t.batch_size * width
+            state, metrics = step_fn(state, batch)
+            del batch
             step += 1
             logger.advance(step)
             record = {}
@@ -234,8 +239,8 @@ def train(config, workdir: str | Path) -> dict:
                 examples = (step - last_step) * t.batch_size
                 record["loss"] = record["train/loss"]
                 record["examples_per_sec"] = examples / elapsed
-                record["tokens_per_sec"] = examples * task.tokens_per_example / elapsed
-                last_time, last_step = time.perf_counter(), step
+                record["tokens_per_sec"] = tokens / elapsed
+                last_time, last_step, tokens = time.perf_counter(), step, 0
             eval_metrics = None
             if evaluator is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
                 eval_metrics = evaluator(state.params)

@@ -228,8 +228,13 @@ def build(config) -> Task:
 
     tokenizer = load_tokenizer(encoder_spec, t.tokenizer)
     train, held_out, eval_examples = load_task_data(t, tokenizer, specs, config.seed)
+    return assemble(t, encoder_spec, model, params, train, held_out, eval_examples)
 
-    # -- forward, loss, prediction --------------------------------------------------------------------
+
+def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_out: dict, eval_examples: dict):
+    """The task from its parts: the `task` config section, the model and its params, the arrays per task
+    (train, eval) and the eval examples. `build` reads them from files; the benchmark makes them up."""
+    specs = model.heads
     options = {s.name: (s, t[s.name].loss, t[s.name].weight) for s in specs}
     loss_kwargs = dict(margin=t.cosine_margin, scale=t.mnr_scale, positive_threshold=t.positive_threshold)
 
