@@ -1,0 +1,51 @@
+"""The experiment scripts' reports: every run row in the table, the PNG beside it, nothing made up."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "scripts" / "experiments"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+def _row(variant: str, f1: float, command: str = "scripts/experiments/squad_ablation.py --variants a,b") -> dict:
+    return dict(
+        command=command, date="2026-11-24", variant=variant, steps=237, seconds=600.0, f1=f1, exact=f1 - 1,
+        HasAns_f1=4.0, NoAns_f1=95.0, train_threshold_f1=48.5, always_answer_HasAns_f1=31.0, tuned_f1=52.0,
+        baseline_f1=49.21, epochs=1.0, max_seq_length=384, doc_stride=128, batch_size=16, learning_rate=2e-4,
+        seed=0, machine="x86_64, 2 CPU cores",
+    )  # fmt: skip
+
+
+def test_ablation_report_lists_every_row_and_plots_the_latest_command(tmp_path):
+    ablation = _load("squad_ablation")
+    rows = [_row("baseline", 47.5, command="an earlier command"), _row("baseline", 49.0), _row("sdv", 51.25)]
+    report = tmp_path / "ablation.md"
+    ablation.write_report(rows, report)
+    text = report.read_text()
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(table) == 3 and "47.50" in table[0] and "51.25" in table[2]
+    assert "Always-null baseline F1: 49.21" in text and "![F1 per variant](ablation.png)" in text
+    assert (tmp_path / "ablation.png").stat().st_size > 5000
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_ablation_refuses_unknown_variants(capsys):
+    ablation = _load("squad_ablation")
+    with pytest.raises(SystemExit):
+        ablation.main(["--workdir", "unused", "--variants", "baseline,nope"])
+    assert "unknown variants ['nope']" in capsys.readouterr().err
