@@ -49,3 +49,23 @@ def test_ablation_refuses_unknown_variants(capsys):
     with pytest.raises(SystemExit):
         ablation.main(["--workdir", "unused", "--variants", "baseline,nope"])
     assert "unknown variants ['nope']" in capsys.readouterr().err
+
+
+def test_multitask_ablation_report_has_the_baseline_row_and_a_plot(tmp_path):
+    ablation = _load("multitask_ablation")
+    scores = {
+        "eval/sst_accuracy": 0.37,
+        "eval/quora_accuracy": 0.772,
+        "eval/sts_pearson": 0.838,
+        "eval/composite": 0.687,
+    }
+    baseline = {"sst": 0.268, "quora": 0.604, "sts": 0.0, "composite": 0.457}
+    rows = [
+        dict(command="c", date="2026-11-24", seed=0, variant=v, seconds=349, scores=scores, baseline=baseline)
+        for v in ("base", "smart")
+    ]
+    ablation.write_report(rows, tmp_path / "mt.md")
+    text = (tmp_path / "mt.md").read_text()
+    assert text.count("| 0.370 | 0.772 | 0.838 | 0.687 |") == 2
+    assert "| majority / zero baseline | | | | | 0.268 | 0.604 | 0.000 | 0.457 |" in text
+    assert (tmp_path / "mt.png").stat().st_size > 5000

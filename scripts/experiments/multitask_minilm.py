@@ -41,25 +41,21 @@ SETTINGS = (
 )
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/multitask_minilm")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-
+def run(workdir: str | Path, overrides=(), *, command: str = "") -> dict:
+    """Trains SETTINGS (then `overrides`) in `workdir`; returns the scores, the baseline on the same rows,
+    the seconds and the command."""
     from qajax import config as config_lib
     from qajax.tasks.multitask import data, metrics, report
     from qajax.tasks.multitask.task import subset
     from qajax.train.loop import train
 
-    workdir = Path(args.workdir)
-    overrides = [*SETTINGS, f"task.predictions_dir={workdir / 'predictions'}", *args.set]
+    workdir = Path(workdir)
+    overrides = [*SETTINGS, f"task.predictions_dir={workdir / 'predictions'}", *overrides]
     config = config_lib.load(CONFIG, overrides)
-    print(
-        "command:",
-        shlex.join(["qajax", "train", CONFIG, "--workdir", str(workdir)] + [f"--set={o}" for o in overrides]),
+    command = command or shlex.join(
+        ["qajax", "train", CONFIG, "--workdir", str(workdir)] + [f"--set={o}" for o in overrides]
     )
+    print("command:", command)
     started = time.perf_counter()
     summary = train(config, workdir)
     seconds = time.perf_counter() - started
@@ -76,13 +72,24 @@ def main(argv=None) -> int:
     baseline = metrics.majority_baseline(train_labels, eval_labels)
     report.plot_task_curves(workdir)
     scores = {k: v for k, v in summary.items() if k.startswith("eval/")}
-    result = {
+    return {
+        "command": command,
+        "seed": config.seed,
         "scores": scores,
         "baseline": baseline,
         "seconds": round(seconds),
         "compilations": summary["compilations"],
     }
-    print(json.dumps(result))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/multitask_minilm")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    result = run(args.workdir, args.set)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("command", "seed")}))
     return 0
 
 

@@ -1,0 +1,126 @@
+"""The multitask ablations of seeds 002 and 003 on real data (SST-5, Quora, STS-B with MiniLM): the runs
+of multitask_minilm.py, once per variant with everything else equal.
+
+    .venv/bin/python scripts/experiments/multitask_ablation.py --workdir runs/mt_ablation --variants base,smart
+
+Variants (VARIANTS below). Seed 002: freezing depth (the top 2 or 4 of the 6 layers train, embeddings
+frozen) and the learning-rate grid (5e-5, 1e-4 = base, 3e-4). Seed 003: SMART on, and the pair-head forms
+(Quora as a [u; v; |u-v|] concat head or a cosine, STS-B cross-encoded instead of the siamese cosine).
+Each variant is one row of docs/results/multitask_ablation.md (all rows kept in multitask_ablation.jsonl)
+with a PNG of the per-task scores; the majority/zero baseline of the same dev rows is printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import multitask_minilm  # noqa: E402  (the script beside this one)
+
+REPORT = multitask_minilm.REPO / "docs" / "results" / "multitask_ablation.md"
+VARIANTS = {
+    "base": (),
+    "freeze-top2": ("techniques.freeze.enabled=true", "techniques.freeze.num_trainable_layers=2"),
+    "freeze-top4": ("techniques.freeze.enabled=true", "techniques.freeze.num_trainable_layers=4"),
+    "lr-5e-5": ("optimizer.learning_rate=5e-5",),
+    "lr-3e-4": ("optimizer.learning_rate=3e-4",),
+    "smart": ("techniques.smart.enabled=true",),
+    "quora-concat": ("task.quora.form=concat",),
+    "quora-cosine": ("task.quora.form=cosine",),
+    "sts-cross": ("task.sts.form=cross",),
+}
+SCORES = (("SST-5 acc", "eval/sst_accuracy"), ("Quora acc", "eval/quora_accuracy"),
+          ("STS-B Pearson", "eval/sts_pearson"), ("composite", "eval/composite"))  # fmt: skip
+
+
+def write_report(rows: list[dict], path: Path) -> None:
+    from qajax.files import atomic_write_text
+
+    base = rows[-1]["baseline"] if rows else {}
+    lines = [
+        "# Ablations of seeds 002 and 003 on SST-5, Quora and STS-B (real data)",
+        "",
+        "Written by `scripts/experiments/multitask_ablation.py` from the runs it made (rows:",
+        "`multitask_ablation.jsonl`). Settings: `scripts/experiments/multitask_minilm.py` (MiniLM-L6-H384, 64",
+        "tokens, batch 16, 240 steps of the shuffled schedule, 500 dev rows per task); one change per variant.",
+        "Composite = mean(SST accuracy, Quora accuracy, (Pearson + 1) / 2).",
+        "",
+        "| command | date | seed | variant | minutes | " + " | ".join(name for name, _ in SCORES) + " |",
+        "|---" * (5 + len(SCORES)) + "|",
+    ]
+    for r in rows:
+        cells = [f"`{r['command']}`", r["date"], str(r["seed"]), r["variant"], f"{r['seconds'] / 60:.1f}"]
+        cells += [f"{r['scores'][key]:.3f}" for _, key in SCORES]
+        lines.append("| " + " | ".join(cells) + " |")
+    if base:
+        lines.append(
+            f"| majority / zero baseline | | | | | {base['sst']:.3f} | {base['quora']:.3f} | 0.000 | "
+            f"{base['composite']:.3f} |"
+        )
+        latest = [r for r in rows if r["command"] == rows[-1]["command"]]
+        lines += ["", f"![scores per variant]({path.with_suffix('.png').name})"]
+        plot(latest, path.with_suffix(".png"))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from qajax.files import atomic_write_bytes
+
+    x = np.arange(len(rows))
+    width = 0.8 / len(SCORES)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.2 * len(rows)), 3.8))
+    for i, (label, key) in enumerate(SCORES):
+        ax.bar(x + (i - (len(SCORES) - 1) / 2) * width, [r["scores"][key] for r in rows], width, label=label)
+    ax.axhline(rows[0]["baseline"]["composite"], color="k", ls="--", lw=1, label="baseline composite")
+    ax.set_xticks(x, [r["variant"] for r in rows], rotation=20)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, frameon=False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a new folder: one training workdir per variant inside")
+    parser.add_argument("--variants", default="base,smart", help=f"comma-separated, of {sorted(VARIANTS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--report", default=str(REPORT), help="markdown file to write ('' for none)")
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; expected some of {sorted(VARIANTS)}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    command = shlex.join(["scripts/experiments/multitask_ablation.py", *(argv if argv is not None else sys.argv[1:])])
+    report = Path(args.report) if args.report else None
+    for variant in variants:
+        result = multitask_minilm.run(Path(args.workdir) / variant, [*VARIANTS[variant], *args.set], command=command)
+        result.update(variant=variant, date=datetime.date.today().isoformat())
+        print(json.dumps(result), flush=True)
+        if report:
+            history = report.with_suffix(".jsonl")
+            with open(history, "a", encoding="utf-8") as f:
+                f.write(json.dumps(result) + "\n")
+            write_report([json.loads(line) for line in history.read_text().splitlines()], report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
