@@ -6,8 +6,10 @@ report section 2.4): the student learns from a teacher built from its own recent
 SDA averages parameters: one teacher whose params are the mean of the last `window` snapshots (or an EMA).
 SDV averages outputs: the mean of the logits of the last `window` snapshot models, run with one `jax.vmap`.
 Logits are `task.logits(outputs)` ([batch, 2, seq] for span QA); the teacher runs without dropout on the same
-batch. The MSE is over every position of the logits, padded tokens included, as the task's softmax is; padded
-examples (`example_weight` 0) are left out. `distill_loss` in the metrics is the MSE before `weight`, the
+batch. The MSE is over every position of the logits but padding tokens (span logits [batch, 2, seq] with the
+batch's attention mask), as the task's softmax is, so that batches trimmed by length distil as padded ones;
+padded examples (`example_weight` 0) are left out; dict logits (multitask: {task: logits}) average the
+per-task MSEs. `distill_loss` in the metrics is the MSE before `weight`, the
 quantity the report compares between SDA and SDV.
 
 Snapshots. Snapshot s is the params after update s, taken when s % snapshot_every == 0, into a ring buffer
@@ -83,6 +85,22 @@ def _weighted_mean(weights, stacked):  # [K], [K, ...] -> [...]
     return total
 
 
+def distill_mse(student, teacher, batch) -> jax.Array:
+    """The mean over examples (`example_weight` 0 left out) of each example's mean squared difference; span
+    logits [batch, 2, seq] leave the attention mask's padding out; dicts: the mean over their entries."""
+    if isinstance(student, dict):
+        return sum(distill_mse(student[k], teacher[k], {}) for k in sorted(student)) / len(student)
+    squared = jnp.square(student - teacher).reshape(student.shape[0], -1)
+    mask = batch.get("attention_mask")
+    if student.ndim == 3 and mask is not None and mask.shape[-1] == student.shape[-1]:
+        real = jnp.broadcast_to((mask != 0)[:, None, :], student.shape).reshape(squared.shape).astype(jnp.float32)
+        per_example = jnp.sum(squared * real, axis=1) / jnp.maximum(jnp.sum(real, axis=1), 1.0)
+    else:
+        per_example = jnp.mean(squared, axis=1)
+    example_weight = batch.get("example_weight", jnp.ones(per_example.shape, jnp.float32))
+    return jnp.sum(per_example * example_weight) / jnp.maximum(jnp.sum(example_weight), 1.0)
+
+
 class _SelfDistill:
     """The loss form and the snapshot ring buffer; subclasses say how snapshots become teacher logits."""
 
@@ -114,11 +132,9 @@ class _SelfDistill:
             loss, aux, student = self._student_pass.run(loss_fn, params, batch, rng, extras)
             if student is None:
                 student = self.task.forward(params, batch, rng, deterministic=False)
-            student = self.task.logits(student).astype(jnp.float32)  # [batch, 2, seq]
+            student = jax.tree.map(lambda x: x.astype(jnp.float32), self.task.logits(student))  # [batch, 2, seq]
             teacher = jax.lax.stop_gradient(self.teacher_logits(extras[self.name], batch))
-            per_example = jnp.mean(jnp.square(student - teacher).reshape(student.shape[0], -1), axis=1)
-            example_weight = batch.get("example_weight", jnp.ones(per_example.shape, jnp.float32))
-            mse = jnp.sum(per_example * example_weight) / jnp.maximum(jnp.sum(example_weight), 1.0)
+            mse = distill_mse(student, teacher, batch)
             if "distill_loss" in aux:
                 raise ConfigError("techniques.sda and techniques.sdv are both enabled: expected at most one")
             return loss + self.weight * mse, {**aux, "distill_loss": mse}
@@ -127,7 +143,7 @@ class _SelfDistill:
 
     def _logits(self, params, batch) -> jax.Array:
         outputs = self.task.forward(params, batch, None, deterministic=True)
-        return self.task.logits(outputs).astype(jnp.float32)
+        return jax.tree.map(lambda x: x.astype(jnp.float32), self.task.logits(outputs))
 
 
 class SDA(_SelfDistill):
@@ -166,7 +182,8 @@ class SDV(_SelfDistill):
 
     def teacher_logits(self, own, batch) -> jax.Array:
         logits = jax.vmap(self._logits, in_axes=(0, None))(own["snapshots"], batch)  # [K, batch, 2, seq]
-        return _weighted_mean(_ring_weights(own["count"], self.window), logits)
+        weights = _ring_weights(own["count"], self.window)
+        return jax.tree.map(lambda stacked: _weighted_mean(weights, stacked), logits)
 
 
 def _ring_settings(config, key: str) -> dict:

@@ -159,7 +159,10 @@ def test_loss_is_task_loss_plus_weighted_mse_with_one_student_pass_and_no_teache
     task_loss, task_aux = task.loss_fn(params, batch, rng, {})
     student = np.asarray(task.logits(task.forward(params, batch, rng, deterministic=False)), np.float64)
     target = np.asarray(task.logits(task.forward(teacher, batch, None, deterministic=True)), np.float64)
-    mse = np.mean((student - target)[batch["example_weight"] > 0] ** 2)
+    real = np.broadcast_to(np.asarray(batch["attention_mask"])[:, None, :] != 0, student.shape)
+    assert not real.all()  # the batch has padding tokens: the MSE leaves them out, as the span loss does
+    per_example = [np.mean(((s - t) ** 2)[r]) for s, t, r in zip(student, target, real, strict=True)]
+    mse = np.mean(np.asarray(per_example)[batch["example_weight"] > 0])
     np.testing.assert_allclose(aux["distill_loss"], mse, rtol=1e-5)
     np.testing.assert_allclose(loss, float(task_loss) + 0.7 * mse, rtol=1e-6)
     assert float(aux["weight"]) == float(task_aux["weight"]) == 6.0
@@ -177,3 +180,25 @@ def test_loss_is_task_loss_plus_weighted_mse_with_one_student_pass_and_no_teache
 def test_config_errors_name_the_key(build, config, message):
     with pytest.raises(ConfigError, match=message):
         build(config, None)
+
+
+def test_mse_leaves_padding_tokens_and_rows_out_so_trimmed_batches_distil_alike():
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(2, 3, 2, 10)).astype(np.float32)
+    lengths = np.array([10, 6, 3])
+    mask = (np.arange(10)[None] < lengths[:, None]).astype(np.int32)
+    weight = np.array([1, 1, 0], np.float32)
+    batch = {"attention_mask": mask, "example_weight": weight}
+    expected = np.mean([np.mean((student[i, :, :n] - teacher[i, :, :n]) ** 2) for i, n in enumerate(lengths[:2])])
+    np.testing.assert_allclose(distill.distill_mse(student, teacher, batch), expected, rtol=1e-6)
+    garbage = np.where(mask[:, None, :] == 1, student, 99.0)  # what padding holds must not matter
+    np.testing.assert_allclose(distill.distill_mse(garbage, teacher, batch), expected, rtol=1e-6)
+    np.testing.assert_allclose(  # row 1 (6 real tokens) alone: trimming to its length changes nothing
+        distill.distill_mse(student[1:2, :, :6], teacher[1:2, :, :6], {"attention_mask": mask[1:2, :6]}),
+        distill.distill_mse(student[1:2], teacher[1:2], {"attention_mask": mask[1:2]}),
+        rtol=1e-6,
+    )
+    # Dict logits (multitask): the mean of the per-task MSEs, each over its own examples.
+    a, b = {"x": student[:, 0, 0], "y": student[:, 1]}, {"x": teacher[:, 0, 0], "y": teacher[:, 1]}
+    per_task = [np.mean((student[:, 0, 0] - teacher[:, 0, 0]) ** 2), np.mean((student[:, 1] - teacher[:, 1]) ** 2)]
+    np.testing.assert_allclose(distill.distill_mse(a, b, {}), np.mean(per_task), rtol=1e-6)
