@@ -119,3 +119,18 @@ def test_smart_and_freezing_apply_to_multitask(tmp_path):
         for path in moved
         for a, b in zip(jax.tree.leaves(pick(initial, path)), jax.tree.leaves(pick(trained, path)), strict=True)
     )
+
+
+def test_self_distillation_trains_multitask(tmp_path):
+    """SDV's K teachers vote on a dict of logits per task; the MSE averages the tasks' own."""
+    config = tiny_config(
+        tmp_path,
+        "task.schedule=together",  # one step shape: one compile
+        "techniques.sdv.enabled=true",
+        "techniques.sdv.window=2",
+        "train.steps=4",
+        "train.log_every=1",
+        "train.eval_every=0",
+    )
+    summary = train(config, tmp_path / "run")
+    assert np.isfinite(summary["train/loss"]) and summary["train/distill_loss"] > 0
