@@ -12,18 +12,14 @@ with a PNG of the per-task scores; the majority/zero baseline of the same dev ro
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import io
-import json
-import logging
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import multitask_minilm  # noqa: E402  (the script beside this one)
+import multitask_minilm  # noqa: E402  (the scripts beside this one)
+from ablation import run_variants, save_figure  # noqa: E402
 
 REPORT = multitask_minilm.REPO / "docs" / "results" / "multitask_ablation.md"
 VARIANTS = {
@@ -78,8 +74,6 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from qajax.files import atomic_write_bytes
-
     x = np.arange(len(rows))
     width = 0.8 / len(SCORES)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.2 * len(rows)), 3.8))
@@ -89,37 +83,20 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xticks(x, [r["variant"] for r in rows], rotation=20)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, frameon=False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
+
+
+def _run_one(workdir: Path, overrides: list[str], command: str, args) -> dict:
+    result = multitask_minilm.run(workdir, overrides, command=command)
+    result["date"] = datetime.date.today().isoformat()
+    return result
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a new folder: one training workdir per variant inside")
-    parser.add_argument("--variants", default="base,smart", help=f"comma-separated, of {sorted(VARIANTS)}")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--report", default=str(REPORT), help="markdown file to write ('' for none)")
-    args = parser.parse_args(argv)
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        parser.error(f"unknown variants {unknown}; expected some of {sorted(VARIANTS)}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    command = shlex.join(["scripts/experiments/multitask_ablation.py", *(argv if argv is not None else sys.argv[1:])])
-    report = Path(args.report) if args.report else None
-    for variant in variants:
-        result = multitask_minilm.run(Path(args.workdir) / variant, [*VARIANTS[variant], *args.set], command=command)
-        result.update(variant=variant, date=datetime.date.today().isoformat())
-        print(json.dumps(result), flush=True)
-        if report:
-            history = report.with_suffix(".jsonl")
-            with open(history, "a", encoding="utf-8") as f:
-                f.write(json.dumps(result) + "\n")
-            write_report([json.loads(line) for line in history.read_text().splitlines()], report)
-    return 0
+    return run_variants(
+        argv, doc=__doc__, script="scripts/experiments/multitask_ablation.py", variants=VARIANTS,
+        default="base,smart", report=REPORT, run_one=_run_one, write_report=write_report,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

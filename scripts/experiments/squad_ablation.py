@@ -14,16 +14,13 @@ HasAns F1 and the always-answer HasAns F1 per variant.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import squad_split  # noqa: E402  (the script beside this one)
+import squad_split  # noqa: E402  (the scripts beside this one)
+from ablation import run_variants, save_figure  # noqa: E402
 
 REPORT = squad_split.REPO / "docs" / "results" / "squad_ablation.md"
 VARIANTS = {
@@ -95,8 +92,6 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from qajax.files import atomic_write_bytes
-
     keys = (("f1", "F1 @0"), ("HasAns_f1", "HasAns F1 @0"), ("always_answer_HasAns_f1", "always-answer HasAns F1"))
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.4 * len(rows)), 3.8))
@@ -106,42 +101,20 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xticks(x, [r["variant"] for r in rows])
     ax.set_ylabel("score (held-out 3 articles)")
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
-    fig.tight_layout()
-    import io
+    save_figure(fig, path)
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+
+def _run_one(workdir: Path, overrides: list[str], command: str, args) -> dict:
+    overrides = [f"train.epochs={args.epochs}", "train.eval_every=0", *overrides]
+    return squad_split.run(workdir, overrides, report=None, command=command)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a new folder: one training workdir per variant inside")
-    parser.add_argument("--variants", default="baseline,sda,sdv", help=f"comma-separated, of {sorted(VARIANTS)}")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--report", default=str(REPORT), help="markdown file to write ('' for none)")
-    args = parser.parse_args(argv)
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        parser.error(f"unknown variants {unknown}; expected some of {sorted(VARIANTS)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    command = shlex.join(["scripts/experiments/squad_ablation.py", *(argv if argv is not None else sys.argv[1:])])
-    report = Path(args.report) if args.report else None
-    history = report.with_suffix(".jsonl") if report else None
-    for variant in variants:
-        overrides = [f"train.epochs={args.epochs}", "train.eval_every=0", *VARIANTS[variant], *args.set]
-        result = squad_split.run(Path(args.workdir) / variant, overrides, report=None, command=command)
-        result["variant"] = variant
-        print(json.dumps({k: v for k, v in result.items() if k != "evaluations"}), flush=True)
-        if history:
-            with open(history, "a", encoding="utf-8") as f:
-                f.write(json.dumps(result) + "\n")
-            write_report([json.loads(line) for line in history.read_text().splitlines()], report)
-    return 0
+    return run_variants(
+        argv, doc=__doc__, script="scripts/experiments/squad_ablation.py", variants=VARIANTS,
+        default="baseline,sda,sdv", report=REPORT, run_one=_run_one, write_report=write_report,
+        add_arguments=lambda parser: parser.add_argument("--epochs", type=float, default=1.0),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
