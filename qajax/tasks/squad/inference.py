@@ -74,7 +74,8 @@ def evaluate(predictor: SpanPredictor, examples, *, out_dir=None, version_2=True
         # The metric's "no answer" cut is the one the predictions were made with (its default, 1.0, would
         # blank answers kept by a higher null_threshold).
         cut = options.get("null_threshold", 0.0)
-        scores = metric.evaluate_v2(dataset, predictions, na_probs=null_odds, na_prob_thresh=cut)
+        answered = postprocess.best_span_texts(nbest)  # same exact/f1; best_* sweep every threshold
+        scores = metric.evaluate_v2(dataset, answered, na_probs=null_odds, na_prob_thresh=cut)
     else:
         scores = metric.evaluate_v1(dataset, predictions)
     if bertscore is not None:

@@ -225,3 +225,11 @@ def write_predictions(out_dir: str | os.PathLike, predictions, nbest, null_odds)
         ("null_odds.json", null_odds),
     ):
         atomic_write_text(out_dir / name, _dumps(value, str(out_dir / name)) + "\n")
+
+
+def best_span_texts(nbest) -> dict[str, str]:
+    """{id: the best non-null n-best text, "" if none}: every question answered. With the null odds as
+    na_probs and the threshold the predictions were cut at, the official v2.0 metric scores these exactly as
+    it scores the cut predictions (a question over the cut counts as "no answer" either way), and its
+    best_exact/best_f1 sweep then covers every threshold, not only those that blank more answers."""
+    return {qid: next((n["text"] for n in entries if n["char_start"] >= 0), "") for qid, entries in nbest.items()}

@@ -154,11 +154,11 @@ class SquadEvaluation:
             null_threshold=self.t.null_threshold,
             version_2=version_2,
         )
-        predictions, _, null_odds = self.last
-        if version_2:
-            scores = metric.evaluate_v2(
-                self.dataset, predictions, na_probs=null_odds, na_prob_thresh=self.t.null_threshold
-            )
+        predictions, nbest, null_odds = self.last
+        if version_2:  # every best span with the cut: the same exact/f1, and best_* over every threshold
+            answered = postprocess.best_span_texts(nbest)
+            cut = self.t.null_threshold
+            scores = metric.evaluate_v2(self.dataset, answered, na_probs=null_odds, na_prob_thresh=cut)
         else:
             scores = metric.evaluate_v1(self.dataset, predictions)
         return {f"eval/{k}": float(v) for k, v in scores.items()}

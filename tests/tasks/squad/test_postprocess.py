@@ -316,7 +316,8 @@ def test_evaluate_scores_answers_kept_by_a_null_threshold_above_one():
 
     def predictor(examples, *, null_threshold, **options):
         predictions = {e.id: ("" if odds[e.id] > null_threshold else "Rollo") for e in examples}
-        return predictions, {}, odds
+        nbest = {e.id: [{"text": "Rollo", "char_start": 0}, {"text": "", "char_start": -1}] for e in examples}
+        return predictions, nbest, odds
 
     kept = evaluate(predictor, examples, null_threshold=4.0)
     assert (kept["HasAns_exact"], kept["NoAns_exact"], kept["exact"]) == (100.0, 100.0, 100.0)
@@ -338,3 +339,33 @@ def test_padding_does_not_crowd_real_tokens_out_of_the_top_starts_and_ends():
     feats["attention_mask"] = (np.arange(16) < 10).astype(np.int32)[None]
     predictions, nbest, _ = postprocess(example, feats, start, end, n_best=4, version_2=False)
     assert predictions == {"q": "w1 w2"} and nbest["q"][0]["start_logit"] == 2.0
+
+
+def test_evaluation_sweeps_thresholds_above_the_cut_too():
+    """A model whose null wins everywhere at threshold 0 still has its best answers scored: the evaluation
+    keeps exact/f1 of the cut predictions and finds the positive threshold that answers the right ones."""
+    import ml_collections
+
+    from qajax.tasks.squad.data import Answer
+    from qajax.tasks.squad.data import Example as SquadExample
+    from qajax.tasks.squad.task import SquadEvaluation
+
+    examples = [  # q0, q1 answerable (w1 and w7), q2 unanswerable
+        SquadExample("q0", "?", (CONTEXT,), (Answer("w1", CONTEXT.index("w1")),)),
+        SquadExample("q1", "?", (CONTEXT,), (Answer("w7", CONTEXT.index("w7")),)),
+        SquadExample("q2", "?", (CONTEXT,), ()),
+    ]
+    feats = features([(i, 0, WORDS[:10]) for i in range(3)])
+    feats["attention_mask"] = np.ones((3, 16), np.int32)
+    # Null scores 4 everywhere; best spans: q0 "w1" (3.0, null odds 1), q1 "w2" (wrong, odds 2), q2 "w3" (odds 3).
+    start = logits(
+        3, w0_t0=2.0, w1_t0=2.0, w2_t0=2.0, **{f"w0_t{tok(1)}": 1.5, f"w1_t{tok(2)}": 1.0, f"w2_t{tok(3)}": 0.5}
+    )
+    end = logits(
+        3, w0_t0=2.0, w1_t0=2.0, w2_t0=2.0, **{f"w0_t{tok(1)}": 1.5, f"w1_t{tok(2)}": 1.0, f"w2_t{tok(3)}": 0.5}
+    )
+    t = ml_collections.ConfigDict(dict(version="v2.0", n_best=20, max_answer_length=30, null_threshold=0.0))
+    scores = SquadEvaluation(examples, feats, t)({"start_logits": start, "end_logits": end}, None)
+    assert scores["eval/f1"] == pytest.approx(100 / 3)  # all "": only q2 right
+    assert scores["eval/best_f1"] == pytest.approx(200 / 3)  # answer q0 alone (odds 1 <= thresh < 2)
+    assert scores["eval/best_f1_thresh"] == pytest.approx(1.0)
