@@ -237,19 +237,27 @@ def hf_pytorch_step(shape: Shape):
     return step, None, batch
 
 
-def time_step(step: Callable, state, batch, *, steps: int, warmup: int, sync: Callable) -> dict:
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    sync(metrics)
-    compile_seconds = time.perf_counter() - start
-    for _ in range(warmup):
-        state, metrics = step(state, batch)
-    sync(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, batch)
-    sync(metrics)  # one sync at the end: steps are dispatched back to back, as in training
-    return {"step_seconds": (time.perf_counter() - start) / steps, "compile_seconds": compile_seconds}
+class Timed:
+    """One entry's step, compiled and warmed up; `time(steps)` gives the mean seconds of `steps` more."""
+
+    def __init__(self, step: Callable, state, batch, *, warmup: int, sync: Callable):
+        self.step, self.state, self.batch, self.sync = step, state, batch, sync
+        start = time.perf_counter()
+        self._run(1)
+        self.compile_seconds = time.perf_counter() - start
+        self._run(warmup)
+
+    def _run(self, steps: int) -> None:
+        metrics = None
+        for _ in range(steps):
+            self.state, metrics = self.step(self.state, self.batch)
+        if metrics is not None:
+            self.sync(metrics)  # one sync at the end: steps are dispatched back to back, as in training
+
+    def time(self, steps: int) -> float:
+        start = time.perf_counter()
+        self._run(steps)
+        return (time.perf_counter() - start) / steps
 
 
 def measure_peak_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -282,8 +290,20 @@ def peak_memory_bytes() -> int | None:
 
 
 def run(
-    shape: Shape, names: list[str], *, steps: int = 10, warmup: int = 2, peak_flops: float | None = None, mode="mesh"
+    shape: Shape,
+    names: list[str],
+    *,
+    steps: int = 10,
+    warmup: int = 2,
+    peak_flops: float | None = None,
+    mode="mesh",
+    rounds: int = 1,
 ) -> dict:
+    """Times each entry's step. With `rounds` > 1 every entry is built first (all in memory at once), then
+    timed `rounds` times in alternating order, and its fastest round counts: what ran before an entry (a
+    busy allocator, a hot cache, the other process of a 2-core machine) weighs on every entry alike."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: expected at least 1")
     builders = {
         "qajax": lambda: qajax_step(shape, mode),
         "qajax-eval": lambda: qajax_eval(shape, mode),
@@ -297,22 +317,35 @@ def run(
         raise ValueError(f"unknown benchmark entries {unknown}; expected some of {sorted(builders)}")
     peak, peak_source = device_peak_flops(peak_flops)
     flops = shape.train_flops()
+
+    def prepare(name: str) -> Timed:
+        sync = (lambda m: float(m["train/loss"])) if name == "hf-pytorch" else jax.block_until_ready
+        return Timed(*builders[name](), warmup=warmup, sync=sync)
+
+    seconds, compile_seconds = {}, {}
+    if rounds == 1:  # one entry in memory at a time
+        for name in names:
+            timed = prepare(name)
+            seconds[name], compile_seconds[name] = timed.time(steps), timed.compile_seconds
+            del timed
+    else:
+        entries = {name: prepare(name) for name in names}
+        compile_seconds = {name: timed.compile_seconds for name, timed in entries.items()}
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                seconds[name] = min(seconds.get(name, float("inf")), entries[name].time(steps))
+        del entries
     results = []
     for name in names:
-        step, state, batch = builders[name]()
-        sync = (lambda m: float(m["train/loss"])) if name == "hf-pytorch" else jax.block_until_ready
-        timing = time_step(step, state, batch, steps=steps, warmup=warmup, sync=sync)
-        del step, state, batch
-        seconds = timing["step_seconds"]
         step_flops = flops / 3 if name.endswith("-eval") else flops  # forward only
         results.append(
             {
                 "name": name,
-                "examples_per_sec": shape.batch_size / seconds,
-                "tokens_per_sec": shape.batch_size * shape.seq_len / seconds,
-                "step_ms": 1e3 * seconds,
-                "compile_seconds": timing["compile_seconds"],
-                "mfu": step_flops / seconds / peak,
+                "examples_per_sec": shape.batch_size / seconds[name],
+                "tokens_per_sec": shape.batch_size * shape.seq_len / seconds[name],
+                "step_ms": 1e3 * seconds[name],
+                "compile_seconds": compile_seconds[name],
+                "mfu": step_flops / seconds[name] / peak,
             }
         )
     base = next((r["step_ms"] for r in results if r["name"] == "qajax"), results[0]["step_ms"])
@@ -321,7 +354,7 @@ def run(
     device = jax.devices()[0]
     return {
         "device": f"{device.platform}:{device.device_kind} x{jax.device_count()} ({platform.processor() or 'cpu'})",
-        "config": {**dataclasses.asdict(shape), "mode": mode, "steps": steps, "warmup": warmup,
+        "config": {**dataclasses.asdict(shape), "mode": mode, "steps": steps, "warmup": warmup, "rounds": rounds,
                    "train_flops_per_step": flops, "peak_flops": peak, "peak_flops_source": peak_source},
         "results": results,
         "peak_device_memory_bytes": peak_memory_bytes(),

@@ -170,7 +170,10 @@ def _bench(args) -> int:
             values[key] = getattr(args, key)
     shape = bench.Shape(**values)
     names = [n for n in args.entries.split(",") if n]
-    report = bench.run(shape, names, steps=args.steps, warmup=args.warmup, peak_flops=args.peak_flops, mode=args.mode)
+    report = bench.run(
+        shape, names, steps=args.steps, warmup=args.warmup, peak_flops=args.peak_flops, mode=args.mode,
+        rounds=args.rounds,
+    )  # fmt: skip
     if args.png:
         bench.plot(report, args.png)
     print(json.dumps(report) if args.json else bench.markdown(report))
@@ -256,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--rounds", type=int, default=1, help="time every entry this many times in alternating order, keep the best"
+    )
     p.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: detected)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the markdown table")
     p.add_argument("--png", default=None, help="also write a bar chart here")
