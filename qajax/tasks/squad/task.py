@@ -32,6 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
     t.train_file = ""  # a SQuAD/multi-context .json, a hub name (squad_v2), tfds:<name>, or "generated"
     t.eval_file = ""  # '' with eval_titles: held-out articles of train_file
     t.eval_titles = ()  # articles of train_file held out for evaluation
+    t.dev_titles = ()  # articles of train_file held out of both (for choices like the null threshold)
     t.generated_passages = 300  # with "generated": passages of 4 questions each
     t.skip_invalid = False  # True: skip malformed questions and report them
     t.contexts_per_question = 1  # > 1: seed 000's open-domain setting (distractor passages)
@@ -106,6 +107,8 @@ def read_examples(t, seed: int) -> tuple[list, list]:
         return examples
 
     train = read(t.train_file, "train", 0)
+    if t.get("dev_titles"):  # neither trained nor evaluated on: for choices such as the null threshold
+        train, _ = data.split_by_title(train, tuple(t.dev_titles))
     if t.eval_titles:
         train, held_out = data.split_by_title(train, tuple(t.eval_titles))
     else:
@@ -117,6 +120,15 @@ def read_examples(t, seed: int) -> tuple[list, list]:
         train = data.as_multi_context(train, t.contexts_per_question, seed)
         held_out = data.as_multi_context(held_out, t.contexts_per_question, seed + 1)
     return train, held_out
+
+
+def read_dev_examples(t) -> list:
+    """The examples of `task.dev_titles` in the training file: kept out of training and evaluation alike."""
+    if not t.get("dev_titles"):
+        return []
+    examples, _ = data.load(t.train_file, "train", skip_invalid=t.skip_invalid)
+    _, dev = data.split_by_title(examples, tuple(t.dev_titles))
+    return [e for e in dev if not e.is_impossible] if t.version == "v1.1" else dev
 
 
 def metric_dataset(examples) -> list[dict]:

@@ -424,6 +424,26 @@ def test_split_by_title():
         data.split_by_title(examples, ["Bb"])
 
 
+def test_dev_titles_are_kept_out_of_training_and_evaluation(tmp_path):
+    from qajax.tasks.squad.task import default_config, read_dev_examples, read_examples
+
+    examples = articles() + [
+        Example(f"C0-{n}", "?", ("c0 text.",), (Answer("text", 3),) if n else (), "C") for n in range(3)
+    ]
+    path = tmp_path / "three-articles.json"
+    path.write_text(json.dumps(data.to_squad_json(examples)))
+    t = default_config()
+    t.train_file, t.eval_titles, t.dev_titles = str(path), ("B",), ("C",)
+    train, held_out = read_examples(t, seed=0)
+    assert {e.title for e in train} == {"A"} and {e.title for e in held_out} == {"B"}
+    dev = read_dev_examples(t)
+    assert [e.id for e in dev] == ["C0-0", "C0-1", "C0-2"] and dev[0].is_impossible
+    t.version = "v1.1"
+    assert [e.id for e in read_dev_examples(t)] == ["C0-1", "C0-2"]
+    t.dev_titles = ()
+    assert read_dev_examples(t) == [] and {e.title for e in read_examples(t, seed=0)[0]} == {"A", "C"}
+
+
 # --- hub and TFDS ---------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
-"""Real SQuAD 2.0 (../shared/data): MiniLM fine-tuned on 9 dev articles beats the always-null baseline on the
-3 held-out ones. Runs scripts/experiments/squad_split.py with its own settings (about 15 minutes on 2 idle
-CPU cores) and writes its report into the test's folder, not docs/."""
+"""Real SQuAD 2.0 (../shared/data): MiniLM fine-tuned on 8 dev articles, its null threshold chosen on a 9th
+(Imperialism), beats the always-null baseline on the 3 held-out ones. Runs scripts/experiments/squad_split.py
+with its own settings (about 45 minutes on 2 idle CPU cores) and writes its report into the test's folder,
+not docs/."""
 
 from __future__ import annotations
 
@@ -36,10 +37,13 @@ def test_fine_tuned_minilm_beats_the_always_null_baseline(tmp_path):
     result = script.run(tmp_path / "run", overrides, report=report, command="tests/tasks/squad/test_real_squad.py")
 
     assert result["eval_titles"] == ["Normans", "Scottish_Parliament", "Yuan_dynasty"]  # configs/squad.py
-    assert (result["train_questions"], result["eval_questions"]) == (3601, 1010)
+    assert (result["train_questions"], result["eval_questions"]) == (3237, 1010)
+    assert result["threshold_chosen_on"] == "dev articles Imperialism"
     # The baseline's F1 is the unanswerable share: "" scores 1 on those and 0 on the rest.
     assert result["baseline_f1"] == pytest.approx(result["noans_share"]) == pytest.approx(100 * 497 / 1010)
-    assert result["f1"] > result["baseline_f1"] + 5, result
-    assert result["HasAns_f1"] > 20 and result["NoAns_f1"] > 50, result  # it answers, and it abstains
+    # The result: the threshold chosen on the dev article, applied to the held-out questions.
+    assert result["train_threshold_f1"] > result["baseline_f1"], result
+    assert result["train_threshold_HasAns_f1"] > 10 and result["train_threshold_NoAns_f1"] > 50, result
+    assert result["always_answer_HasAns_f1"] > 40, result  # the spans themselves
     text = report.read_text()
-    assert f"{result['f1']:.2f}" in text and f"{result['baseline_f1']:.2f}" in text
+    assert f"{result['train_threshold_f1']:.2f}" in text and f"{result['baseline_f1']:.2f}" in text
