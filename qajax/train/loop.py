@@ -59,9 +59,12 @@ class Evaluator:
         self.predict = parallel.compile_predict(predict, param_shardings)
 
     def __call__(self, params) -> dict[str, float]:
-        if self.task.eval_sets:  # several sets (one per task of a multitask run), scored together
-            outputs = {name: self._predict_all(params, arrays)[0] for name, arrays in self.task.eval_sets.items()}
-            return self.task.evaluate(outputs, self.task.eval_sets)
+        if self.task.eval_sets:  # several sets (one per task of a multitask run, or eval + dev), scored together
+            predicted = {name: self._predict_all(params, arrays) for name, arrays in self.task.eval_sets.items()}
+            metrics = self.task.evaluate({name: p[0] for name, p in predicted.items()}, self.task.eval_sets)
+            if self.with_loss and "eval" in predicted:  # eval_arrays among the sets as "eval"
+                metrics["eval/loss"] = predicted["eval"][1] / max(predicted["eval"][2], 1.0)
+            return metrics
         joined, loss_sum, weight = self._predict_all(params, self.task.eval_arrays)
         metrics = self.task.evaluate(joined, self.task.eval_arrays)
         if self.with_loss:

@@ -154,8 +154,10 @@ class SquadEvaluation:
         self.dataset = metric_dataset(examples)
         self.last = None  # (predictions, nbest, null_odds) of the latest call, for the prediction files
 
-    def __call__(self, outputs, arrays) -> dict[str, float]:
+    def __call__(self, outputs, arrays, null_threshold: float | None = None) -> dict[str, float]:
+        """Scores at `null_threshold` (task.null_threshold when None)."""
         version_2 = self.t.version == "v2.0"
+        cut = self.t.null_threshold if null_threshold is None else null_threshold
         self.last = postprocess.postprocess(
             self.examples,
             self.features,
@@ -163,14 +165,16 @@ class SquadEvaluation:
             outputs["end_logits"],
             n_best=self.t.n_best,
             max_answer_length=self.t.max_answer_length,
-            null_threshold=self.t.null_threshold,
+            null_threshold=cut,
             version_2=version_2,
         )
         predictions, nbest, null_odds = self.last
         if version_2:  # every best span with the cut: the same exact/f1, and best_* over every threshold
             answered = postprocess.best_span_texts(nbest)
-            cut = self.t.null_threshold
             scores = metric.evaluate_v2(self.dataset, answered, na_probs=null_odds, na_prob_thresh=cut)
+            if cut != 0.0:  # the model's own decision too
+                at_0 = metric.evaluate_v2(self.dataset, answered, na_probs=null_odds, na_prob_thresh=0.0)
+                scores["f1_at_0"] = at_0["f1"]
         else:
             scores = metric.evaluate_v1(self.dataset, predictions)
         return {f"eval/{k}": float(v) for k, v in scores.items()}
@@ -179,6 +183,37 @@ class SquadEvaluation:
         if self.last is None:
             raise ValueError("nothing evaluated yet")
         postprocess.write_predictions(out_dir, *self.last)
+
+
+class DevThresholdEvaluation:
+    """SQuAD v2.0 evaluation with the null threshold chosen on dev articles (task.dev_titles, kept out of
+    training): the official best-F1 sweep on dev, then the held-out questions scored at that threshold.
+    `eval/*` are the held-out scores at the chosen threshold (`eval/null_threshold`, or `eval/null_everywhere`
+    1 when no cut beats "no answer" on dev), `eval/f1_at_0` the model's own decision, `dev/*` the dev scores;
+    `checkpoint.best_metric=dev/best_f1` keeps the checkpoint dev prefers, so that neither the threshold nor
+    the checkpoint is chosen on the held-out questions."""
+
+    def __init__(self, held_out: SquadEvaluation, dev: SquadEvaluation):
+        self.held_out, self.dev = held_out, dev
+
+    def __call__(self, outputs: dict, eval_sets: dict) -> dict[str, float]:
+        dev = self.dev(outputs["dev"], eval_sets["dev"], null_threshold=0.0)
+        threshold = dev["eval/best_f1_thresh"]
+        if dev["eval/best_f1"] <= dev["eval/NoAns_total"] * 100.0 / dev["eval/total"]:
+            threshold = -math.inf  # no cut beats "no answer" everywhere on dev: that is the chosen rule
+        metrics = self.held_out(outputs["eval"], eval_sets["eval"], null_threshold=threshold)
+        metrics["eval/null_everywhere"] = float(threshold == -math.inf)  # logged metrics stay finite
+        if threshold != -math.inf:
+            metrics["eval/null_threshold"] = threshold
+        metrics.update({"dev/" + k.removeprefix("eval/"): v for k, v in dev.items()})
+        return metrics
+
+    @property
+    def last(self):
+        return self.held_out.last
+
+    def write(self, out_dir: str | Path) -> None:
+        self.held_out.write(out_dir)
 
 
 def build(config) -> Task:
@@ -203,6 +238,15 @@ def build(config) -> Task:
         # With labels (the first reference answer) so that evaluation also reports eval/loss.
         eval_features = featurize_cached(eval_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
     log.info("squad: %d train questions -> %d windows", len(train_examples), num_train)
+    eval_arrays = {k: eval_features[k] for k in MODEL_INPUTS + LABELS} if eval_examples else None
+    evaluate = SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None
+    eval_sets = None
+    dev_examples = read_dev_examples(t) if eval_examples and t.version == "v2.0" else []
+    if dev_examples:  # the null threshold of every evaluation is chosen on the dev articles
+        dev_features = featurize_cached(dev_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
+        eval_sets = {"eval": eval_arrays, "dev": {k: dev_features[k] for k in MODEL_INPUTS + LABELS}}
+        evaluate = DevThresholdEvaluation(evaluate, SquadEvaluation(dev_examples, dev_features, t))
+        log.info("squad: null threshold chosen on %d dev questions (%s)", len(dev_examples), ", ".join(t.dev_titles))
 
     return span_task(
         spec,
@@ -211,7 +255,8 @@ def build(config) -> Task:
         end_weight=t.end_weight,
         train_arrays=train_arrays,
         make_train_batches=make_train_batches,
-        eval_arrays={k: eval_features[k] for k in MODEL_INPUTS + LABELS} if eval_examples else None,
-        evaluate=SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None,
+        eval_arrays=eval_arrays,
+        eval_sets=eval_sets,
+        evaluate=evaluate,
         tokens_per_example=t.max_seq_length,
     )

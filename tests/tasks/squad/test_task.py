@@ -429,3 +429,74 @@ def test_multi_context_postprocessing_matches_each_context_alone(workdir):
     scores = evaluate(predictor, held_out, n_best=20)  # the official metric over multi-context questions
     assert scores["total"] == len(held_out) == 24
     assert scores["HasAns_total"] == sum(not e.is_impossible for e in held_out)
+
+
+# -- the null threshold chosen on dev articles -----------------------------------------------------------
+
+
+def _random_outputs(features, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    shape = features["input_ids"].shape
+    return {"start_logits": 2 * rng.normal(size=shape), "end_logits": 2 * rng.normal(size=shape)}
+
+
+@needs_minilm
+def test_dev_threshold_evaluation_scores_held_out_at_the_best_dev_threshold():
+    import transformers
+
+    from qajax.tasks.squad.features import FeatureConfig, featurize
+    from qajax.tasks.squad.postprocess import postprocess
+    from qajax.tasks.squad.task import DevThresholdEvaluation, SquadEvaluation, metric_dataset
+
+    t = default_config()
+    t.max_seq_length, t.doc_stride, t.max_query_length = 64, 16, 16
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    held_out, dev = generate_examples(6, seed=3), generate_examples(6, seed=4)
+    feats = {name: featurize(ex, tokenizer, FeatureConfig(64, 16, 16), for_training=True)
+             for name, ex in (("eval", held_out), ("dev", dev))}  # fmt: skip
+    outputs = {"eval": _random_outputs(feats["eval"], 0), "dev": _random_outputs(feats["dev"], 1)}
+    evaluation = DevThresholdEvaluation(
+        SquadEvaluation(held_out, feats["eval"], t), SquadEvaluation(dev, feats["dev"], t)
+    )
+    scores = evaluation(outputs, feats)
+
+    def f1_at(examples, name, threshold):  # the official metric on the prediction file at that threshold
+        predictions, _, _ = postprocess(examples, feats[name], outputs[name]["start_logits"],
+                                        outputs[name]["end_logits"], null_threshold=threshold)  # fmt: skip
+        return metric.evaluate_v2(metric_dataset(examples), predictions)["f1"]
+
+    # The chosen threshold is the best of every cut on dev, brute force over the dev null odds.
+    _, _, dev_odds = postprocess(dev, feats["dev"], outputs["dev"]["start_logits"], outputs["dev"]["end_logits"])
+    cuts = [-np.inf, *sorted(dev_odds.values())]
+    best_dev = max(f1_at(dev, "dev", c) for c in cuts)
+    chosen = scores.get("eval/null_threshold", -np.inf)
+    assert f1_at(dev, "dev", chosen) == pytest.approx(best_dev) == pytest.approx(scores["dev/best_f1"])
+    # Held-out scores are those of the prediction file made at the dev threshold; the model's own is at 0.
+    assert scores["eval/f1"] == pytest.approx(f1_at(held_out, "eval", chosen))
+    assert scores["eval/f1_at_0"] == pytest.approx(f1_at(held_out, "eval", 0.0))
+    assert scores["dev/f1"] == pytest.approx(f1_at(dev, "dev", 0.0))
+
+
+@needs_minilm
+def test_training_with_dev_titles_chooses_the_threshold_on_them(tmp_path):
+    examples = generate_examples(6, seed=5)
+    titles = sorted({e.title for e in examples})
+    path = tmp_path / "articles.json"
+    path.write_text(json.dumps(data.to_squad_json(examples)))
+    overrides = (*TRAIN_OVERRIDES, f"task.cache_dir={tmp_path / 'features'}", f"task.train_file={path}",
+                 "task.eval_file=", f"task.eval_titles=('{titles[0]}',)", f"task.dev_titles=('{titles[1]}',)",
+                 "checkpoint.best_metric=dev/best_f1")  # fmt: skip
+    argv = ["train", str(REPO / "configs" / "demo.py"), "--workdir", str(tmp_path / "run")]
+    assert cli.main(argv + [arg for o in overrides for arg in ("--set", o)]) == 0
+    evals = [r for r in read_metrics(tmp_path / "run" / METRICS_FILE) if "eval/f1" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    per_title = {title: sum(e.title == title for e in examples) for title in titles[:2]}
+    for record in evals:
+        assert record["eval/total"] == per_title[titles[0]] and record["dev/total"] == per_title[titles[1]]
+        assert np.isfinite(record["eval/loss"]) and "eval/f1_at_0" in record
+        dev_beats_null = record["dev/best_f1"] > 100.0 * record["dev/NoAns_total"] / record["dev/total"]
+        assert record["eval/null_everywhere"] == float(not dev_beats_null)
+        if dev_beats_null:
+            assert record["eval/null_threshold"] == record["dev/best_f1_thresh"]
+        else:  # "" for every held-out question
+            assert record["eval/f1"] == 100.0 * record["eval/NoAns_total"] / record["eval/total"]
