@@ -25,7 +25,7 @@ def _load(name: str):
 def _row(variant: str, f1: float, command: str = "scripts/experiments/squad_ablation.py --variants a,b") -> dict:
     return dict(
         command=command, date="2026-11-24", variant=variant, steps=237, seconds=600.0, f1=f1, exact=f1 - 1,
-        HasAns_f1=4.0, NoAns_f1=95.0, train_threshold_f1=48.5, always_answer_HasAns_f1=31.0, tuned_f1=52.0,
+        HasAns_f1=4.0, NoAns_f1=95.0, f1_at_0=48.5, always_answer_HasAns_f1=31.0, tuned_f1=52.0,
         baseline_f1=49.21, epochs=1.0, max_seq_length=384, doc_stride=128, batch_size=16, learning_rate=2e-4,
         seed=0, machine="x86_64, 2 CPU cores",
     )  # fmt: skip
