@@ -41,6 +41,18 @@ def resolve_steps(train_config, steps_per_epoch: int) -> int:
     raise ConfigError("one of train.steps or train.epochs must be positive")
 
 
+def fed_size(batch: dict, batch_size: int, tokens_per_example: int) -> tuple[int, int]:
+    """(examples, tokens) of one step as fed: `batch_size` examples for every `input_ids` of the batch (a
+    multitask batch of schedule "together" has one per task: `sst/input_ids`, ...), each at its own width
+    (batches trimmed by length); a batch without one counts `batch_size` examples of `tokens_per_example`.
+    Widths only: the placed arrays' leading axes differ by parallel mode, and a pair encoded apart
+    ([N, 2, T]) counts one sentence."""
+    widths = [v.shape[-1] for k, v in batch.items() if k == "input_ids" or k.endswith("/input_ids")]
+    if not widths:
+        return batch_size, batch_size * tokens_per_example
+    return batch_size * len(widths), batch_size * sum(widths)
+
+
 class Evaluator:
     """Runs `task.predict_fn` over the eval set on every device (last batch padded) and scores it."""
 
@@ -220,17 +232,17 @@ def train(config, workdir: str | Path) -> dict:
         resume_step=start_step,
     )
     summary: dict = {"start_step": start_step}
-    last_time, last_step = time.perf_counter(), start_step
+    last_time = time.perf_counter()
     step = start_step
     with logger:
         if evaluator is not None and t.eval_at_start and start_step == 0:
             summary["initial"] = evaluator(state.params)
             logger.write(0, summary["initial"])
-        tokens = 0  # as fed to the step: batches trimmed by length count their own width
+        examples = tokens = 0  # as fed to the step: batches trimmed by length count their own width
         while step < total_steps:
             batch = next(batches)
-            width = batch["input_ids"].shape[-1] if "input_ids" in batch else task.tokens_per_example
-            tokens += t.batch_size * width
+            fed_examples, fed_tokens = fed_size(batch, t.batch_size, task.tokens_per_example)
+            examples, tokens = examples + fed_examples, tokens + fed_tokens
             state, metrics = step_fn(state, batch)
             del batch
             step += 1
@@ -239,11 +251,10 @@ def train(config, workdir: str | Path) -> dict:
             if step % t.log_every == 0 or step == total_steps:
                 record = parallel.metrics_to_host(metrics)  # the only sync with the devices
                 elapsed = time.perf_counter() - last_time
-                examples = (step - last_step) * t.batch_size
                 record["loss"] = record["train/loss"]
                 record["examples_per_sec"] = examples / elapsed
                 record["tokens_per_sec"] = tokens / elapsed
-                last_time, last_step, tokens = time.perf_counter(), step, 0
+                last_time, examples, tokens = time.perf_counter(), 0, 0
             eval_metrics = None
             if evaluator is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
                 eval_metrics = evaluator(state.params)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qajax import config as config_lib
@@ -236,3 +237,13 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
     best = max(scores, key=scores.get)
     assert list(scores.values()).count(scores[best]) == 1 and best < 60 and best % 7, f"precondition: {scores}"
     assert _committed_steps(tmp_path) == [best, 60]
+
+
+def test_fed_size_counts_every_task_of_a_step_at_its_width():
+    from qajax.train.loop import fed_size
+
+    plain = {"input_ids": np.zeros((4, 24), np.int32), "attention_mask": np.zeros((4, 24), np.int32)}
+    assert fed_size(plain, 4, tokens_per_example=128) == (4, 4 * 24)
+    together = {"sst/input_ids": np.zeros((4, 16)), "quora/input_ids": np.zeros((4, 2, 32)), "sst/labels": np.ones(4)}
+    assert fed_size(together, 4, tokens_per_example=128) == (8, 4 * (16 + 32))
+    assert fed_size({"features": np.zeros((4, 3))}, 4, tokens_per_example=10) == (4, 40)
