@@ -54,8 +54,8 @@ TRAINING_CHECKPOINTS = "checkpoints"  # a training workdir: spec.json + checkpoi
 
 def load_model(ckpt_dir: str | Path, *, step: int | None = None, **encoder_options):
     """(model, params, spec) from a qajax model checkpoint or a training workdir (its best checkpoint when
-    one was kept by metric, else its latest; or `step`). `encoder_options` are run-time EncoderConfig
-    fields (dtype, scan_layers, ...)."""
+    one was kept by metric, else its latest; or `step`; LoRA adapters merged). `encoder_options` are
+    run-time EncoderConfig fields (dtype, scan_layers, ...)."""
     ckpt_dir = Path(ckpt_dir).absolute()
     spec = read_spec(ckpt_dir)
     if encoder_options:
@@ -64,7 +64,7 @@ def load_model(ckpt_dir: str | Path, *, step: int | None = None, **encoder_optio
         with ocp.StandardCheckpointer() as checkpointer:
             params = checkpointer.restore(ckpt_dir / PARAMS_DIR)
     elif (ckpt_dir / TRAINING_CHECKPOINTS).is_dir():
-        params = _training_params(ckpt_dir / TRAINING_CHECKPOINTS, step)
+        params = _plain_params(ckpt_dir, _training_params(ckpt_dir / TRAINING_CHECKPOINTS, step))
     else:
         raise CheckpointError(
             f"{ckpt_dir}: no {PARAMS_DIR}/ or {TRAINING_CHECKPOINTS}/ folder; not a qajax checkpoint or workdir"
@@ -81,6 +81,27 @@ def load_model(ckpt_dir: str | Path, *, step: int | None = None, **encoder_optio
             f"shapes differ at {[p for p in expected if p in found and found[p] != expected[p]][:5]}"
         )
     return spec.build(), layout.for_config(params, spec.encoder), spec
+
+
+def _plain_params(workdir: Path, params: dict) -> dict:
+    """The model's own params from a run's: LoRA adapters merged into their kernels with the run's alpha/rank
+    (techniques.lora in its saved config); a soft prompt refused, since a plain model has no input for it."""
+    from qajax.techniques import lora
+
+    if "prompt" in params:
+        raise CheckpointError(
+            f"{workdir} was trained with prompt tuning (techniques.prompt): the model's params alone are the frozen "
+            "base, and an exported or plainly evaluated model would drop the learned prompt; load the run's params "
+            "with the technique (qajax.techniques.prompt: prompt_only / load_prompt) instead"
+        )
+    if not lora.has_adapters(params):
+        return params
+    from qajax import config as config_lib
+
+    section = config_lib.read_saved(workdir).get("techniques", {}).get("lora")
+    if section is None:
+        raise CheckpointError(f"{workdir}: params carry LoRA adapters but config.json has no techniques.lora")
+    return lora.merge_adapters(params, scale=float(section["alpha"]) / int(section["rank"]))
 
 
 def _training_params(directory: Path, step: int | None) -> dict:

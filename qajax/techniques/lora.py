@@ -56,6 +56,27 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
+def has_adapters(params) -> bool:
+    return any(_is_adapter(p) for p in tree.flatten(params))
+
+
+def merge_adapters(params, scale: float) -> dict:
+    """Plain model params: each adapted kernel becomes W + scale * A @ B (scale = alpha / rank), the adapter
+    leaves go."""
+    flat = tree.flatten(params)
+    out = {}
+    for path, leaf in flat.items():
+        module, _, name = path.rpartition("/")
+        if name in ADAPTERS:
+            continue
+        if name == "kernel" and f"{module}/lora_a" in flat:
+            # HIGHEST: the merged weight is exported, so no TF32/bf16 passes on accelerators.
+            delta = jnp.matmul(flat[f"{module}/lora_a"], flat[f"{module}/lora_b"], precision="highest")
+            leaf = leaf + (scale * delta).astype(leaf.dtype)
+        out[path] = leaf
+    return tree.unflatten(out)
+
+
 class LoRA:
     name = "lora"
 
@@ -90,18 +111,7 @@ class LoRA:
 
     def merge(self, params) -> dict:
         """Plain model params: each adapted kernel becomes W + scale * A @ B, the adapter leaves go."""
-        flat = tree.flatten(params)
-        out = {}
-        for path, leaf in flat.items():
-            module, _, name = path.rpartition("/")
-            if name in ADAPTERS:
-                continue
-            if name == "kernel" and f"{module}/lora_a" in flat:
-                # HIGHEST: the merged weight is exported, so no TF32/bf16 passes on accelerators.
-                delta = jnp.matmul(flat[f"{module}/lora_a"], flat[f"{module}/lora_b"], precision="highest")
-                leaf = leaf + (self.scale * delta).astype(leaf.dtype)
-            out[path] = leaf
-        return tree.unflatten(out)
+        return merge_adapters(params, self.scale)
 
     finalize_params = merge
 

@@ -5,6 +5,7 @@ frozen weight gradients."""
 
 import functools
 import types
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -247,3 +248,35 @@ def test_training_moves_only_adapters_and_head_and_the_export_loads_in_transform
     inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     theirs = jax.jit(lambda p: reference(*inputs, params=p).start_logits)(loaded)
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
+
+
+def test_export_hf_of_a_lora_run_merges_its_adapters_and_a_prompt_run_is_refused(tmp_path):
+    from qajax import cli
+    from qajax import config as config_lib
+    from qajax.models.saved import TRAINING_CHECKPOINTS, _training_params, load_model
+    from qajax.train.loop import train
+
+    def run(name, *overrides):
+        base = ("train.steps=3", "train.log_every=1", "checkpoint.asynchronous=false", "log.progress=false",
+                "log.tensorboard=false", "optimizer.learning_rate=1e-2", "optimizer.warmup_steps=0")  # fmt: skip
+        config = config_lib.load(str(Path(__file__).resolve().parents[2] / "configs" / "tiny.py"), [*base, *overrides])
+        train(config, tmp_path / name)
+        return tmp_path / name
+
+    workdir = run("lora", "techniques.lora.enabled=true", "techniques.lora.rank=4", "techniques.lora.alpha=8")
+    trained = tree.flatten(jax.device_get(_training_params(workdir / TRAINING_CHECKPOINTS, None)))
+    _, merged, _ = load_model(workdir)
+    merged = tree.flatten(layout.unstack_layers(jax.device_get(merged)))
+    adapted = sorted(p.removesuffix("/lora_a") for p in trained if p.endswith("/lora_a"))
+    assert adapted and set(merged) == {p for p in trained if "lora_" not in p}
+    for module in adapted:  # numpy float64: W + alpha / rank * A @ B
+        a, b = (np.asarray(trained[f"{module}/lora_{x}"], np.float64) for x in "ab")
+        assert np.abs(b).max() > 0  # trained away from B = 0
+        expected = trained[f"{module}/kernel"] + 8 / 4 * a @ b
+        np.testing.assert_allclose(merged[f"{module}/kernel"], expected, rtol=1e-5, atol=1e-6)
+    assert cli.main(["export-hf", str(workdir), str(tmp_path / "hf"), "--formats", "flax"]) == 0
+    assert (tmp_path / "hf" / "flax_model.msgpack").is_file()
+
+    workdir = run("prompt", "techniques.prompt.enabled=true", "techniques.prompt.num_tokens=2")
+    with pytest.raises(CheckpointError, match="trained with prompt tuning"):
+        load_model(workdir)
