@@ -1,6 +1,6 @@
 """Real SQuAD 2.0 (../shared/data): MiniLM fine-tuned on 8 dev articles, its null threshold chosen on a 9th
-(Imperialism), beats the always-null baseline on the 3 held-out ones. Runs scripts/experiments/squad_split.py
-with its own settings (about 45 minutes on 2 idle CPU cores) and writes its report into the test's folder,
+(Imperialism), against the always-null baseline on the 3 held-out ones. Runs scripts/experiments/squad_split.py
+with its own settings (about 55 minutes on 2 idle CPU cores) and writes its report into the test's folder,
 not docs/."""
 
 from __future__ import annotations
@@ -41,9 +41,13 @@ def test_fine_tuned_minilm_beats_the_always_null_baseline(tmp_path):
     assert result["threshold_chosen_on"] == "dev articles Imperialism"
     # The baseline's F1 is the unanswerable share: "" scores 1 on those and 0 on the rest.
     assert result["baseline_f1"] == pytest.approx(result["noans_share"]) == pytest.approx(100 * 497 / 1010)
-    # The result: the threshold chosen on the dev article, applied to the held-out questions.
-    assert result["train_threshold_f1"] > result["baseline_f1"], result
-    assert result["train_threshold_HasAns_f1"] > 10 and result["train_threshold_NoAns_f1"] > 50, result
+    # The result: the evaluation (about one an epoch) and the null threshold that the dev article prefers,
+    # applied to the held-out questions. The final model's threshold from scripts' own sweep agrees with the
+    # training loop's evaluation (two code paths).
+    picked = result["dev_picked"]
+    assert result["train_threshold_f1"] == pytest.approx(result["evaluations"][result["steps"]]["f1"], abs=0.01)
     assert result["always_answer_HasAns_f1"] > 40, result  # the spans themselves
     text = report.read_text()
-    assert f"{result['train_threshold_f1']:.2f}" in text and f"{result['baseline_f1']:.2f}" in text
+    assert f"{picked['f1']:.2f}" in text and f"{result['baseline_f1']:.2f}" in text
+    # The issue's bar, not met on 2026-11-30 (48.99 vs 49.21, docs/results/squad_split.md): fails until it is.
+    assert picked["f1"] > result["baseline_f1"], picked
