@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -69,3 +70,17 @@ def test_multitask_ablation_report_has_the_baseline_row_and_a_plot(tmp_path):
     assert text.count("| 0.370 | 0.772 | 0.838 | 0.687 |") == 2
     assert "| majority / zero baseline | | | | | 0.268 | 0.604 | 0.000 | 0.457 |" in text
     assert (tmp_path / "mt.png").stat().st_size > 5000
+
+
+def test_prompt_runs_take_their_span_scores_from_the_loop_evaluation():
+    import types
+
+    split = _load("squad_split")
+    summary = {"eval/always_answer_HasAns_f1": 40.0, "eval/best_f1": 51.0, "eval/best_f1_thresh": -2.0,
+               "dev/total": 364, "eval/exact": 47.0, "eval/f1": 50.0, "eval/HasAns_f1": 20.0, "eval/NoAns_f1": 80.0,
+               "eval/null_threshold": -1.5}  # fmt: skip
+    scores = split.loop_span_scores(summary, types.SimpleNamespace(dev_titles=("Imperialism",)))
+    assert scores["threshold_chosen_on"] == "dev articles Imperialism" and scores["train_sample"] == 364
+    assert (scores["train_threshold"], scores["train_threshold_f1"], scores["tuned_f1"]) == (-1.5, 50.0, 51.0)
+    del summary["eval/null_threshold"]  # dev preferred "" everywhere
+    assert split.loop_span_scores(summary, types.SimpleNamespace(dev_titles=("X",)))["train_threshold"] == -math.inf

@@ -238,6 +238,7 @@ def train(config, workdir: str | Path) -> dict:
         if evaluator is not None and t.eval_at_start and start_step == 0:
             summary["initial"] = evaluator(state.params)
             logger.write(0, summary["initial"])
+        last_eval: dict = {}
         examples = tokens = 0  # as fed to the step: batches trimmed by length count their own width
         while step < total_steps:
             batch = next(batches)
@@ -259,7 +260,10 @@ def train(config, workdir: str | Path) -> dict:
             if evaluator is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
                 eval_metrics = evaluator(state.params)
                 record.update(eval_metrics)
+                for key in last_eval:  # the summary holds the latest evaluation alone (its keys may vary)
+                    summary.pop(key, None)
                 summary.update(eval_metrics)
+                last_eval = eval_metrics
             if record:
                 summary.update(logger.write(step, record))
             stop = eval_metrics is not None and stopper.should_stop(eval_metrics)

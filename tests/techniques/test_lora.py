@@ -263,7 +263,8 @@ def test_export_hf_of_a_lora_run_merges_its_adapters_and_a_prompt_run_is_refused
         train(config, tmp_path / name)
         return tmp_path / name
 
-    workdir = run("lora", "techniques.lora.enabled=true", "techniques.lora.rank=4", "techniques.lora.alpha=8")
+    # alpha / rank = 3, not the default 16 / 8: the merge must read the run's own config
+    workdir = run("lora", "techniques.lora.enabled=true", "techniques.lora.rank=4", "techniques.lora.alpha=12")
     trained = tree.flatten(jax.device_get(_training_params(workdir / TRAINING_CHECKPOINTS, None)))
     _, merged, _ = load_model(workdir)
     merged = tree.flatten(layout.unstack_layers(jax.device_get(merged)))
@@ -272,7 +273,7 @@ def test_export_hf_of_a_lora_run_merges_its_adapters_and_a_prompt_run_is_refused
     for module in adapted:  # numpy float64: W + alpha / rank * A @ B
         a, b = (np.asarray(trained[f"{module}/lora_{x}"], np.float64) for x in "ab")
         assert np.abs(b).max() > 0  # trained away from B = 0
-        expected = trained[f"{module}/kernel"] + 8 / 4 * a @ b
+        expected = trained[f"{module}/kernel"] + 12 / 4 * a @ b
         np.testing.assert_allclose(merged[f"{module}/kernel"], expected, rtol=1e-5, atol=1e-6)
     assert cli.main(["export-hf", str(workdir), str(tmp_path / "hf"), "--formats", "flax"]) == 0
     assert (tmp_path / "hf" / "flax_model.msgpack").is_file()

@@ -95,8 +95,10 @@ def load_tokenizer(spec, fallback: str = ""):
     return transformers.AutoTokenizer.from_pretrained(source)
 
 
-def read_examples(t, seed: int) -> tuple[list, list]:
-    """(train, eval) examples from the task config: files, a hub name, a title split, or generated."""
+def read_splits(t, seed: int) -> tuple[list, list, list]:
+    """(train, eval, dev) examples from the task config: files, a hub name, a title split, or generated.
+    Dev holds the articles of `task.dev_titles` (SQuAD v2.0), kept out of training and evaluation alike, for
+    choices such as the null threshold; it is prepared as the evaluation set is (multi-context included)."""
 
     def read(source, split, offset):
         if source == GENERATED:
@@ -106,9 +108,13 @@ def read_examples(t, seed: int) -> tuple[list, list]:
             log.warning("%s: %s", source, skipped.summary())
         return examples
 
-    train = read(t.train_file, "train", 0)
-    if t.get("dev_titles"):  # neither trained nor evaluated on: for choices such as the null threshold
-        train, _ = data.split_by_title(train, tuple(t.dev_titles))
+    train, dev = read(t.train_file, "train", 0), []
+    if t.get("dev_titles"):  # neither trained nor evaluated on
+        train, dev = data.split_by_title(train, tuple(t.dev_titles))
+        if t.version == "v1.1":
+            log.warning("task.dev_titles %s: left out of training, and unused (SQuAD v1.1 has no threshold)",
+                        list(t.dev_titles))  # fmt: skip
+            dev = []
     if t.eval_titles:
         train, held_out = data.split_by_title(train, tuple(t.eval_titles))
     else:
@@ -119,16 +125,13 @@ def read_examples(t, seed: int) -> tuple[list, list]:
     if t.contexts_per_question > 1:
         train = data.as_multi_context(train, t.contexts_per_question, seed)
         held_out = data.as_multi_context(held_out, t.contexts_per_question, seed + 1)
-    return train, held_out
+        dev = data.as_multi_context(dev, t.contexts_per_question, seed + 2) if dev else dev
+    return train, held_out, dev
 
 
-def read_dev_examples(t) -> list:
-    """The examples of `task.dev_titles` in the training file: kept out of training and evaluation alike."""
-    if not t.get("dev_titles"):
-        return []
-    examples, _ = data.load(t.train_file, "train", skip_invalid=t.skip_invalid)
-    _, dev = data.split_by_title(examples, tuple(t.dev_titles))
-    return [e for e in dev if not e.is_impossible] if t.version == "v1.1" else dev
+def read_examples(t, seed: int) -> tuple[list, list]:
+    """(train, eval) examples of `read_splits`."""
+    return read_splits(t, seed)[:2]
 
 
 def metric_dataset(examples) -> list[dict]:
@@ -172,9 +175,10 @@ class SquadEvaluation:
         if version_2:  # every best span with the cut: the same exact/f1, and best_* over every threshold
             answered = postprocess.best_span_texts(nbest)
             scores = metric.evaluate_v2(self.dataset, answered, na_probs=null_odds, na_prob_thresh=cut)
-            if cut != 0.0:  # the model's own decision too
-                at_0 = metric.evaluate_v2(self.dataset, answered, na_probs=null_odds, na_prob_thresh=0.0)
-                scores["f1_at_0"] = at_0["f1"]
+            at_0 = scores if cut == 0.0 else metric.evaluate_v2(self.dataset, answered, null_odds, 0.0)
+            scores["f1_at_0"] = at_0["f1"]  # the model's own decision
+            if "HasAns_f1" in scores:  # the spans themselves: the best span of every answerable question
+                scores["always_answer_HasAns_f1"] = metric.evaluate_v2(self.dataset, answered)["HasAns_f1"]
         else:
             scores = metric.evaluate_v1(self.dataset, predictions)
         return {f"eval/{k}": float(v) for k, v in scores.items()}
@@ -199,7 +203,8 @@ class DevThresholdEvaluation:
     def __call__(self, outputs: dict, eval_sets: dict) -> dict[str, float]:
         dev = self.dev(outputs["dev"], eval_sets["dev"], null_threshold=0.0)
         threshold = dev["eval/best_f1_thresh"]
-        if dev["eval/best_f1"] <= dev["eval/NoAns_total"] * 100.0 / dev["eval/total"]:
+        all_null = 100.0 * dev.get("eval/NoAns_total", 0.0) / dev["eval/total"]  # no NoAns_* without one
+        if dev["eval/best_f1"] <= all_null:
             threshold = -math.inf  # no cut beats "no answer" everywhere on dev: that is the chosen rule
         metrics = self.held_out(outputs["eval"], eval_sets["eval"], null_threshold=threshold)
         metrics["eval/null_everywhere"] = float(threshold == -math.inf)  # logged metrics stay finite
@@ -222,7 +227,7 @@ def build(config) -> Task:
         raise ConfigError(f"task.version={t.version!r}: expected 'v1.1' or 'v2.0'")
     spec, params = load_or_init(config.model, "qa", seed=config.seed, span_head=t.span_head)
     tokenizer = load_tokenizer(spec, t.tokenizer)
-    train_examples, eval_examples = read_examples(t, config.seed)
+    train_examples, eval_examples, dev_examples = read_splits(t, config.seed)
     feature_config = FeatureConfig(t.max_seq_length, t.doc_stride, t.max_query_length)
     cache = Path(t.cache_dir).expanduser()
 
@@ -241,8 +246,7 @@ def build(config) -> Task:
     eval_arrays = {k: eval_features[k] for k in MODEL_INPUTS + LABELS} if eval_examples else None
     evaluate = SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None
     eval_sets = None
-    dev_examples = read_dev_examples(t) if eval_examples and t.version == "v2.0" else []
-    if dev_examples:  # the null threshold of every evaluation is chosen on the dev articles
+    if eval_examples and dev_examples:  # the null threshold of every evaluation is chosen on the dev articles
         dev_features = featurize_cached(dev_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
         eval_sets = {"eval": eval_arrays, "dev": {k: dev_features[k] for k in MODEL_INPUTS + LABELS}}
         evaluate = DevThresholdEvaluation(evaluate, SquadEvaluation(dev_examples, dev_features, t))

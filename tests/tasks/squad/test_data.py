@@ -425,23 +425,40 @@ def test_split_by_title():
 
 
 def test_dev_titles_are_kept_out_of_training_and_evaluation(tmp_path):
-    from qajax.tasks.squad.task import default_config, read_dev_examples, read_examples
+    from qajax.tasks.squad.task import default_config, read_splits
 
     examples = articles() + [
         Example(f"C0-{n}", "?", ("c0 text.",), (Answer("text", 3),) if n else (), "C") for n in range(3)
-    ]
-    path = tmp_path / "three-articles.json"
+    ] + [Example("C1-0", "?", ("c1 words.",), (), "C"), Example("D0-0", "?", ("d0 text.",), (), "D")]  # fmt: skip
+    path = tmp_path / "four-articles.json"
     path.write_text(json.dumps(data.to_squad_json(examples)))
     t = default_config()
-    t.train_file, t.eval_titles, t.dev_titles = str(path), ("B",), ("C",)
-    train, held_out = read_examples(t, seed=0)
-    assert {e.title for e in train} == {"A"} and {e.title for e in held_out} == {"B"}
-    dev = read_dev_examples(t)
-    assert [e.id for e in dev] == ["C0-0", "C0-1", "C0-2"] and dev[0].is_impossible
-    t.version = "v1.1"
-    assert [e.id for e in read_dev_examples(t)] == ["C0-1", "C0-2"]
-    t.dev_titles = ()
-    assert read_dev_examples(t) == [] and {e.title for e in read_examples(t, seed=0)[0]} == {"A", "C"}
+    t.train_file, t.eval_titles, t.dev_titles = str(path), ("A",), ("C",)
+    train, held_out, dev = read_splits(t, seed=0)
+    assert {e.title for e in train} == {"B", "D"} and {e.title for e in held_out} == {"A"}
+    assert [e.id for e in dev] == ["C0-0", "C0-1", "C0-2", "C1-0"] and dev[0].is_impossible
+    t.contexts_per_question = 2  # dev is prepared as the held-out set is: each question gets two contexts
+    _, held_out, dev = read_splits(t, seed=0)
+    assert {len(e.contexts) for e in held_out} == {2} == {len(e.contexts) for e in dev}
+    t.contexts_per_question = 1
+    t.version = "v1.1"  # no null threshold to choose: the articles stay out of training, unused
+    train, _, dev = read_splits(t, seed=0)
+    assert dev == [] and {e.title for e in train} == {"B"}  # D's one question is unanswerable
+    t.version, t.dev_titles = "v2.0", ()
+    train, _, dev = read_splits(t, seed=0)
+    assert dev == [] and {e.title for e in train} == {"B", "C", "D"}
+
+
+def test_dev_titles_of_generated_data():
+    from qajax.tasks.squad.task import GENERATED, default_config, read_splits
+
+    t = default_config()
+    t.train_file, t.eval_file, t.generated_passages = GENERATED, GENERATED, 6
+    titles = sorted({e.title for e in read_splits(t, seed=0)[0]})
+    t.dev_titles = (titles[0],)
+    train, held_out, dev = read_splits(t, seed=0)
+    assert dev and {e.title for e in dev} == {titles[0]} and titles[0] not in {e.title for e in train}
+    assert held_out  # the generated evaluation set (seed + 1)
 
 
 # --- hub and TFDS ---------------------------------------------------------------------------------------

@@ -475,6 +475,17 @@ def test_dev_threshold_evaluation_scores_held_out_at_the_best_dev_threshold():
     assert scores["eval/f1"] == pytest.approx(f1_at(held_out, "eval", chosen))
     assert scores["eval/f1_at_0"] == pytest.approx(f1_at(held_out, "eval", 0.0))
     assert scores["dev/f1"] == pytest.approx(f1_at(dev, "dev", 0.0))
+    assert scores["eval/null_everywhere"] == 0.0 and np.isfinite(chosen)
+
+    # A dev set where no cut beats "no answer" everywhere (its null logits far above every span): then the
+    # held-out questions all get "", whatever their own logits.
+    sure_null = {k: v.copy() for k, v in outputs["dev"].items()}
+    for logits in sure_null.values():
+        logits[:, 0] = 50.0
+    scores = evaluation({**outputs, "dev": sure_null}, feats)
+    assert scores["eval/null_everywhere"] == 1.0 and "eval/null_threshold" not in scores
+    all_null = {e.id: "" for e in held_out}
+    assert scores["eval/f1"] == pytest.approx(metric.evaluate_v2(metric_dataset(held_out), all_null)["f1"])
 
 
 @needs_minilm
