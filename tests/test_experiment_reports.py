@@ -23,23 +23,34 @@ def _load(name: str):
         sys.path.remove(str(EXPERIMENTS))
 
 
-def _row(variant: str, f1: float, command: str = "scripts/experiments/squad_ablation.py --variants a,b") -> dict:
+def _row(variant: str, f1: float, command: str = "scripts/experiments/squad_ablation.py --variants a,b", seed=0,
+         epochs=1.5) -> dict:  # fmt: skip
     return dict(
         command=command, date="2026-11-24", variant=variant, steps=237, seconds=600.0, f1=f1, exact=f1 - 1,
         HasAns_f1=4.0, NoAns_f1=95.0, f1_at_0=48.5, always_answer_HasAns_f1=31.0, tuned_f1=52.0,
-        baseline_f1=49.21, epochs=1.0, max_seq_length=384, doc_stride=128, batch_size=16, learning_rate=2e-4,
-        seed=0, machine="x86_64, 2 CPU cores",
+        baseline_f1=49.21, epochs=epochs, max_seq_length=384, doc_stride=128, batch_size=16, learning_rate=2e-4,
+        seed=seed, machine="x86_64, 2 CPU cores",
     )  # fmt: skip
 
 
-def test_ablation_report_lists_every_row_and_plots_the_latest_command(tmp_path):
+def test_ablation_report_lists_every_row_and_averages_the_seeds_of_the_latest_settings(tmp_path):
     ablation = _load("squad_ablation")
-    rows = [_row("baseline", 47.5, command="an earlier command"), _row("baseline", 49.0), _row("sdv", 51.25)]
+    rows = [
+        _row("baseline", 40.0, command="other settings", epochs=1.0),
+        _row("baseline", 47.5),
+        _row("sdv", 51.25),
+        _row("baseline", 49.0, command="seed 1", seed=1),
+        _row("sdv", 50.75, command="seed 1", seed=1),
+    ]
     report = tmp_path / "ablation.md"
     ablation.write_report(rows, report)
     text = report.read_text()
     table = [line for line in text.splitlines() if line.startswith("| `")]
-    assert len(table) == 3 and "47.50" in table[0] and "51.25" in table[2]
+    assert len(table) == 5 and "40.00" in table[0] and "51.25" in table[2]
+    means = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith(("| baseline", "| sdv"))}
+    # (47.5 + 49.0) / 2 and (51.25 + 50.75) / 2: the 1-epoch row has other settings and stays out
+    assert means["baseline"].startswith("| baseline | 0, 1 | 48.25 (47.50, 49.00) |")
+    assert means["sdv"].startswith("| sdv | 0, 1 | 51.00 (51.25, 50.75) |")
     assert "Always-null baseline F1: 49.21" in text and "![F1 per variant](ablation.png)" in text
     assert (tmp_path / "ablation.png").stat().st_size > 5000
     assert not list(tmp_path.glob("*.tmp*"))

@@ -51,6 +51,9 @@ COLUMNS = (
 )
 
 
+SETTINGS_KEYS = ("epochs", "max_seq_length", "doc_stride", "batch_size", "learning_rate")
+
+
 def write_report(rows: list[dict], path: Path) -> None:
     from qajax.files import atomic_write_text
 
@@ -65,26 +68,43 @@ def write_report(rows: list[dict], path: Path) -> None:
         "themselves, an upper bound and not a result. Always-null baseline F1: "
         + (f"{rows[-1]['baseline_f1']:.2f}." if rows else "-"),
         "",
-        "| command | date | variant | steps | minutes | " + " | ".join(name for name, _ in COLUMNS) + " |",
-        "|---" * (5 + len(COLUMNS)) + "|",
+        "| command | date | variant | seed | steps | minutes | " + " | ".join(name for name, _ in COLUMNS) + " |",
+        "|---" * (6 + len(COLUMNS)) + "|",
     ]
     for r in rows:
-        cells = [f"`{r['command']}`", r["date"], r["variant"], str(r["steps"]), f"{r['seconds'] / 60:.0f}"]
-        cells += [f"{r[key]:.2f}" for _, key in COLUMNS]
+        cells = [f"`{r['command']}`", r["date"], r["variant"], str(r["seed"]), str(r["steps"])]
+        cells += [f"{r['seconds'] / 60:.0f}"] + [f"{r[key]:.2f}" for _, key in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    latest = [r for r in rows if r["command"] == rows[-1]["command"]] if rows else []
-    if latest:
-        r = latest[-1]
+    if rows:
+        r = rows[-1]
+        # Every row run with the latest row's settings, whatever the command or seed: the comparison.
+        same = [x for x in rows if all(x[k] == r[k] for k in SETTINGS_KEYS)]
         lines += [
             "",
-            f"Latest command: {r['epochs']} epochs, max_seq_length {r['max_seq_length']}, doc_stride "
-            f"{r['doc_stride']}, batch {r['batch_size']}, learning rate {r['learning_rate']}, seed {r['seed']}, "
-            f"on {r['machine']}.",
+            f"Latest settings: {r['epochs']} epochs, max_seq_length {r['max_seq_length']}, doc_stride "
+            f"{r['doc_stride']}, batch {r['batch_size']}, learning rate {r['learning_rate']}, on {r['machine']}.",
+            "Mean over the seeds run with them (one value per seed in brackets):",
             "",
-            f"![F1 per variant]({path.with_suffix('.png').name})",
+            "| variant | seeds | F1 | HasAns_f1 | always-answer HasAns_f1 | tuned F1 |",
+            "|---|---|---|---|---|---|",
         ]
-        plot(latest, path.with_suffix(".png"))
+        for variant, runs in _by_variant(same).items():
+            cells = [variant, ", ".join(str(x["seed"]) for x in runs)]
+            for key in ("f1", "HasAns_f1", "always_answer_HasAns_f1", "tuned_f1"):
+                values = [x[key] for x in runs]
+                cells.append(f"{sum(values) / len(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"![F1 per variant]({path.with_suffix('.png').name})"]
+        plot(same, path.with_suffix(".png"))
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _by_variant(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped by variant in first-seen order; a seed run twice counts once (its latest row)."""
+    groups: dict[str, dict] = {}
+    for r in rows:
+        groups.setdefault(r["variant"], {})[r["seed"]] = r
+    return {variant: list(by_seed.values()) for variant, by_seed in groups.items()}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -95,12 +115,17 @@ def plot(rows: list[dict], path: Path) -> None:
     import numpy as np
 
     keys = (("f1", "F1"), ("HasAns_f1", "HasAns F1"), ("always_answer_HasAns_f1", "always-answer HasAns F1"))
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.4 * len(rows)), 3.8))
+    groups = _by_variant(rows)
+    x = np.arange(len(groups))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.4 * len(groups)), 3.8))
     for i, (key, label) in enumerate(keys):
-        ax.bar(x + (i - 1) * 0.27, [r[key] for r in rows], 0.27, label=label)
+        values = [[r[key] for r in runs] for runs in groups.values()]
+        offset = x + (i - 1) * 0.27
+        ax.bar(offset, [np.mean(v) for v in values], 0.27, label=label)
+        for xi, v in zip(offset, values, strict=True):  # each seed as a dot on its bar
+            ax.plot([xi] * len(v), v, "k.", ms=4)
     ax.axhline(rows[0]["baseline_f1"], color="k", ls="--", lw=1, label="always-null F1")
-    ax.set_xticks(x, [r["variant"] for r in rows])
+    ax.set_xticks(x, list(groups))
     ax.set_ylabel("score (held-out 3 articles)")
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     save_figure(fig, path)
