@@ -83,7 +83,7 @@ def test_multitask_ablation_report_has_the_baseline_row_and_a_plot(tmp_path):
     assert (tmp_path / "mt.png").stat().st_size > 5000
 
 
-def test_prompt_runs_take_their_span_scores_from_the_loop_evaluation():
+def test_dev_runs_take_their_span_scores_from_the_loop_evaluation():
     import types
 
     split = _load("squad_split")

@@ -8,7 +8,7 @@ Variants (VARIANTS below): baseline, weighted (start loss x2, seed 000's loss we
 rate schedule), sda (parameter-averaged teacher of the last 3 steps), sdv (output-averaged teacher of the
 last 3 steps), smart; seed 001's lora and prompt; seed 004's span heads (scalar_mix, layer_attention,
 bilinear_layer_attention, extra_layer). Each trains squad_split.SETTINGS (`--epochs` to change its 5, then
-any --set), is scored with the official v2.0 metric and squad_split.span_scores, and becomes one row of
+any --set), is scored as squad_split.run scores it (official v2.0 metric), and becomes one row of
 docs/results/squad_ablation.md (rows of earlier runs are kept in squad_ablation.jsonl) with a PNG of F1,
 HasAns F1 and the always-answer HasAns F1 per variant.
 """

@@ -176,12 +176,10 @@ def run(workdir: str | Path, overrides=(), *, report: str | Path | None = REPORT
     result["dev_titles"] = list(t.get("dev_titles", ()))
     if evaluations and "dev/best_f1" in evaluations[0]:
         result["dev_picked"] = dev_picked(evaluations)
-    if config.get("techniques", {}).get("prompt", {}).get("enabled", False) and dev_examples:
-        # A plain model cannot carry the learned prompt (load_model refuses it): the loop's own evaluation,
-        # made with the prompt, holds the same numbers.
+    if dev_examples:  # the loop's final evaluation already chose the threshold on dev and scored every span
         result.update(loop_span_scores(summary, t))
-    else:
-        result.update(span_scores(workdir, train_examples, eval_examples, config, dev_examples=dev_examples))
+    else:  # a threshold from training questions: predict once more with the final model
+        result.update(span_scores(workdir, train_examples, eval_examples, config))
     if report:
         history = Path(report).with_suffix(".jsonl")  # every run's numbers: the table's rows
         with open(history, "a", encoding="utf-8") as f:
@@ -191,7 +189,8 @@ def run(workdir: str | Path, overrides=(), *, report: str | Path | None = REPORT
 
 
 def loop_span_scores(summary: dict, t) -> dict:
-    """`span_scores`' keys from the training loop's final evaluation (made with dev_titles)."""
+    """`span_scores`' keys from the training loop's final evaluation (made with dev_titles): the same numbers
+    without predicting again, and the only way for runs whose model a plain load cannot rebuild (prompt)."""
     threshold = summary.get("eval/null_threshold", float("-inf"))
     return {
         "always_answer_HasAns_f1": summary["eval/always_answer_HasAns_f1"],
