@@ -48,6 +48,21 @@ def _feature_config(args):
     return FeatureConfig(args.max_seq_length, args.doc_stride, args.max_query_length)
 
 
+def _null_threshold(args) -> float:
+    """--null-threshold, else the threshold the run chose on its dev articles for this checkpoint, else 0."""
+    if args.null_threshold is not None:
+        return args.null_threshold
+    from qajax.tasks.squad.inference import dev_null_threshold
+
+    chosen = dev_null_threshold(args.ckpt)
+    if chosen is None:
+        return 0.0
+    threshold, step = chosen
+    print(f"{args.ckpt}: null threshold {threshold:.4f}, chosen on the run's dev articles at step {step}",
+          file=sys.stderr)  # fmt: skip
+    return threshold
+
+
 def _predictor(args):
     from qajax.tasks.squad.inference import SpanPredictor, load_qa_model
 
@@ -72,7 +87,7 @@ def _eval(args) -> int:
         version_2=version_2,
         n_best=args.n_best,
         max_answer_length=args.max_answer_length,
-        null_threshold=args.null_threshold,
+        null_threshold=_null_threshold(args),
         bertscore=_bertscore(args),
     )
     print(json.dumps(scores))
@@ -84,7 +99,7 @@ def _predict(args) -> int:
     from qajax.tasks.squad.inference import answer
 
     predictor = _predictor(args)
-    options = dict(n_best=args.n_best, max_answer_length=args.max_answer_length, null_threshold=args.null_threshold)
+    options = dict(n_best=args.n_best, max_answer_length=args.max_answer_length, null_threshold=_null_threshold(args))
     if args.file:
         examples, _ = data.load(args.file)
         predictions, _, null_odds = predictor(examples, **options)
@@ -150,7 +165,10 @@ def _add_span_options(p) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-best", type=int, default=20)
     p.add_argument("--max-answer-length", type=int, default=30, help="tokens")
-    p.add_argument("--null-threshold", type=float, default=0.0, help='predict "" when null - best span > this')
+    p.add_argument(
+        "--null-threshold", type=float, default=None,
+        help='predict "" when null - best span > this (default: what the run chose on its dev articles, else 0)',
+    )  # fmt: skip
 
 
 # qajax.bench.TECHNIQUE_ENTRIES and the multitask step

@@ -64,7 +64,8 @@ def load_model(ckpt_dir: str | Path, *, step: int | None = None, **encoder_optio
         with ocp.StandardCheckpointer() as checkpointer:
             params = checkpointer.restore(ckpt_dir / PARAMS_DIR)
     elif (ckpt_dir / TRAINING_CHECKPOINTS).is_dir():
-        params = _plain_params(ckpt_dir, _training_params(ckpt_dir / TRAINING_CHECKPOINTS, step))
+        restored = _training_params(ckpt_dir / TRAINING_CHECKPOINTS, training_step(ckpt_dir, step))
+        params = _plain_params(ckpt_dir, restored)
     else:
         raise CheckpointError(
             f"{ckpt_dir}: no {PARAMS_DIR}/ or {TRAINING_CHECKPOINTS}/ folder; not a qajax checkpoint or workdir"
@@ -104,11 +105,22 @@ def _plain_params(workdir: Path, params: dict) -> dict:
     return lora.merge_adapters(params, scale=float(section["alpha"]) / int(section["rank"]))
 
 
-def _training_params(directory: Path, step: int | None) -> dict:
+def training_step(ckpt_dir: str | Path, step: int | None = None) -> int | None:
+    """The step `load_model(ckpt_dir, step=step)` restores: `step`, else the workdir's best checkpoint when
+    one was kept by metric, else its latest; None for a model checkpoint (params/, no training steps)."""
+    directory = Path(ckpt_dir).absolute() / TRAINING_CHECKPOINTS
+    if (Path(ckpt_dir) / PARAMS_DIR).is_dir() or not directory.is_dir():
+        return None
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     with ocp.CheckpointManager(directory, options=options) as manager:
-        step = step if step is not None else (manager.best_step() or manager.latest_step())
-        if step is None or step not in manager.all_steps():
-            raise CheckpointError(f"{directory}: no checkpoint at step {step}; have {sorted(manager.all_steps())}")
+        chosen = step if step is not None else (manager.best_step() or manager.latest_step())
+        if chosen is None or chosen not in manager.all_steps():
+            raise CheckpointError(f"{directory}: no checkpoint at step {chosen}; have {sorted(manager.all_steps())}")
+    return int(chosen)
+
+
+def _training_params(directory: Path, step: int) -> dict:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(directory, options=options) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return restored["state"]["params"]

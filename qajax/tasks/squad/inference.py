@@ -32,6 +32,33 @@ def load_qa_model(path: str | Path, **runtime):
     return model, params, spec
 
 
+def dev_null_threshold(path: str | Path, step: int | None = None) -> tuple[float, int] | None:
+    """(threshold, step): the null threshold a training run chose on its dev articles (task.dev_titles) at the
+    evaluation of the checkpoint that `load_qa_model(path)` restores (or of `step`), from its metrics.jsonl;
+    -inf when dev preferred "no answer" everywhere. None for anything else: an HF folder, a model checkpoint,
+    a run without dev articles or without an evaluation at that step."""
+    import math
+
+    from qajax.models.saved import training_step
+    from qajax.train.logs import METRICS_FILE, read_metrics
+
+    path = Path(path)
+    if not (path / "spec.json").is_file() or not (path / METRICS_FILE).is_file():
+        return None
+    chosen = training_step(path, step)
+    if chosen is None:
+        return None
+    found = None
+    for record in read_metrics(path / METRICS_FILE):  # a resumed run may log a step twice: the last counts
+        if record["step"] != chosen:
+            continue
+        if record.get("eval/null_everywhere") == 1:
+            found = (-math.inf, chosen)
+        elif "eval/null_threshold" in record:
+            found = (float(record["eval/null_threshold"]), chosen)
+    return found
+
+
 class SpanPredictor:
     """Windows -> logits (one compiled shape: the last batch is padded) -> n-best answers."""
 

@@ -20,7 +20,7 @@ import pytest
 
 from qajax import cli
 from qajax.pretrained import MINILM_INSTALL, minilm_dir
-from qajax.tasks.squad import data, metric
+from qajax.tasks.squad import data, inference, metric
 from qajax.tasks.squad.data import Example
 from qajax.tasks.squad.generate import generate_examples
 from qajax.tasks.squad.loss import span_loss
@@ -489,7 +489,7 @@ def test_dev_threshold_evaluation_scores_held_out_at_the_best_dev_threshold():
 
 
 @needs_minilm
-def test_training_with_dev_titles_chooses_the_threshold_on_them(tmp_path):
+def test_training_with_dev_titles_chooses_the_threshold_on_them(tmp_path, capsys):
     examples = generate_examples(6, seed=5)
     titles = sorted({e.title for e in examples})
     path = tmp_path / "articles.json"
@@ -511,3 +511,19 @@ def test_training_with_dev_titles_chooses_the_threshold_on_them(tmp_path):
             assert record["eval/null_threshold"] == record["dev/best_f1_thresh"]
         else:  # "" for every held-out question
             assert record["eval/f1"] == 100.0 * record["eval/NoAns_total"] / record["eval/total"]
+
+    # `qajax eval` on the workdir applies the threshold dev chose for the checkpoint it loads (the best by
+    # dev/best_f1); an explicit --null-threshold wins.
+    loaded = max(evals, key=lambda r: r["dev/best_f1"])["step"]
+    threshold, step = inference.dev_null_threshold(tmp_path / "run")
+    record = next(r for r in evals if r["step"] == loaded)
+    assert step == loaded and threshold == record.get("eval/null_threshold", -np.inf)
+    capsys.readouterr()
+    for extra, used in (([], threshold), (["--null-threshold", "1e9"], 1e9)):
+        out = tmp_path / f"eval{len(extra)}"
+        assert cli.main(["eval", str(tmp_path / "run"), str(path), "--out", str(out), *extra]) == 0
+        said = capsys.readouterr()
+        assert (f"chosen on the run's dev articles at step {loaded}" in said.err) == (not extra)
+        predictions = json.loads((out / "predictions.json").read_text())
+        null_odds = json.loads((out / "null_odds.json").read_text())
+        assert all((predictions[q] == "") == (null_odds[q] > used) for q in predictions)
