@@ -95,3 +95,27 @@ def test_dev_runs_take_their_span_scores_from_the_loop_evaluation():
     assert (scores["train_threshold"], scores["train_threshold_f1"], scores["tuned_f1"]) == (-1.5, 50.0, 51.0)
     del summary["eval/null_threshold"]  # dev preferred "" everywhere
     assert split.loop_span_scores(summary, types.SimpleNamespace(dev_titles=("X",)))["train_threshold"] == -math.inf
+
+
+def test_answerability_auc_and_curve_match_their_definitions():
+    import numpy as np
+
+    answerability = _load("squad_answerability")
+    rng = np.random.default_rng(0)
+    odds = np.round(rng.normal(size=60), 1)  # rounded: ties between the two groups
+    empty = rng.random(60) < 0.5
+    span_f1 = np.where(empty, 0.0, rng.random(60))
+    pos, neg = odds[empty], odds[~empty]
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert answerability.roc_auc(pos, neg) == pytest.approx(pairs, abs=1e-12)
+    assert answerability.roc_auc([2.0, 3.0], [0.0, 1.0]) == 1.0 and answerability.roc_auc([], [1.0]) != 0.5
+
+    curve = answerability.answered_curve(odds, empty, span_f1, steps=4)
+    assert [x for x, _ in curve] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    order = np.argsort(odds, kind="stable")
+    for fraction, f1 in curve:  # the official score: answered questions score their span F1, the rest "" -> 1/0
+        answered = np.zeros(60, bool)
+        answered[order[: round(fraction * 60)]] = True
+        official = np.where(answered, np.where(empty, 0.0, span_f1), empty.astype(float)).mean() * 100
+        assert f1 == pytest.approx(official)
+    assert curve[0][1] == pytest.approx(100 * empty.mean())  # nothing answered: always-null
