@@ -64,8 +64,7 @@ def load_model(ckpt_dir: str | Path, *, step: int | None = None, **encoder_optio
         with ocp.StandardCheckpointer() as checkpointer:
             params = checkpointer.restore(ckpt_dir / PARAMS_DIR)
     elif (ckpt_dir / TRAINING_CHECKPOINTS).is_dir():
-        restored = _training_params(ckpt_dir / TRAINING_CHECKPOINTS, training_step(ckpt_dir, step))
-        params = _plain_params(ckpt_dir, restored)
+        params = _plain_params(ckpt_dir, _training_params(ckpt_dir / TRAINING_CHECKPOINTS, step))
     else:
         raise CheckpointError(
             f"{ckpt_dir}: no {PARAMS_DIR}/ or {TRAINING_CHECKPOINTS}/ folder; not a qajax checkpoint or workdir"
@@ -119,7 +118,9 @@ def training_step(ckpt_dir: str | Path, step: int | None = None) -> int | None:
     return int(chosen)
 
 
-def _training_params(directory: Path, step: int) -> dict:
+def _training_params(directory: Path, step: int | None) -> dict:
+    """The params of the run's checkpoint at `step` (None: as `training_step` chooses)."""
+    step = training_step(Path(directory).parent, step)
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     with ocp.CheckpointManager(directory, options=options) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
