@@ -119,3 +119,24 @@ def test_answerability_auc_and_curve_match_their_definitions():
         official = np.where(answered, np.where(empty, 0.0, span_f1), empty.astype(float)).mean() * 100
         assert f1 == pytest.approx(official)
     assert curve[0][1] == pytest.approx(100 * empty.mean())  # nothing answered: always-null
+
+
+def test_seed_mean_margin_and_its_bootstrap_interval():
+    import numpy as np
+
+    answerability = _load("squad_answerability")
+    null = np.array([1.0, 0.0, 1.0, 0.0])
+    runs = [[1.0, 0.5, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]]  # per question: +0, +0.75, -0.5, +0 over always-null
+    mean, low, high = answerability.margin_interval(runs, null, draws=500)
+    assert mean == pytest.approx(100 * 0.25 / 4)
+    assert low < mean < high and low >= -50.0 and high <= 75.0
+    assert answerability.margin_interval([[1.0, 1.0]], [0.0, 0.0]) == (100.0, 100.0, 100.0)
+
+    def result(seed, scores):
+        held = dict(ids=["a", "b", "c", "d"], empty=[True, False, True, False], scores_at_dev_threshold=scores,
+                    f1_at_dev_threshold=100 * sum(scores) / 4)  # fmt: skip
+        return {"seed": seed, "sets": {"held-out": held}}
+
+    line = " ".join(answerability.seed_mean_lines([result(0, runs[0]), result(1, runs[1])]))
+    assert "seed 0 37.50, seed 1 75.00" in line and "Mean over the 2 runs, question by question: 56.25" in line
+    assert "margin of +6.25 F1" in line

@@ -75,11 +75,23 @@ def answered_curve(null_odds, unanswerable, span_f1, steps: int = STEPS) -> list
     return [(k / n, 100.0 * (base + gain[k]) / n) for k in points]
 
 
+def margin_interval(scores, null_scores, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5%, 97.5%) of the margin in F1 points over always-null of the per-question scores averaged over
+    runs (`scores` [runs, questions], `null_scores` [questions]), the questions resampled with replacement."""
+    import numpy as np
+
+    margin = np.mean(np.asarray(scores, float), axis=0) - np.asarray(null_scores, float)
+    rng = np.random.default_rng(seed)
+    means = margin[rng.integers(0, len(margin), (draws, len(margin)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return 100.0 * float(margin.mean()), 100.0 * float(low), 100.0 * float(high)
+
+
 def analyse(workdir: Path) -> dict:
     from qajax import config as config_lib
     from qajax.tasks.squad import metric
     from qajax.tasks.squad.features import FeatureConfig
-    from qajax.tasks.squad.inference import SpanPredictor, load_qa_model
+    from qajax.tasks.squad.inference import SpanPredictor, dev_null_threshold, load_qa_model
     from qajax.tasks.squad.postprocess import best_span_texts
     from qajax.tasks.squad.task import read_splits
 
@@ -88,6 +100,7 @@ def analyse(workdir: Path) -> dict:
     _, held_out, dev = read_splits(t, config.seed)
     features = FeatureConfig(t.max_seq_length, t.doc_stride, t.max_query_length)
     predictor = SpanPredictor(*load_qa_model(workdir), feature_config=features, batch_size=config.train.eval_batch_size)
+    chosen = dev_null_threshold(workdir)  # the threshold the run chose on its dev article, at its last evaluation
     result = {"workdir": str(workdir), "seed": config.seed, "sets": {}}
     for name, examples in (("held-out", held_out), ("dev", dev)):
         if not examples:
@@ -114,6 +127,13 @@ def analyse(workdir: Path) -> dict:
             "curve": curve,
             "curve_max_f1": max(f for _, f in curve),
         }
+        if chosen is not None and name == "held-out":  # the official per-question scores the run reported
+            answered = [bool(spans[e.id]) and not odds[e.id] > chosen[0] for e in examples]
+            scores = [f if a else float(e) for f, a, e in zip(span_f1, answered, empty, strict=True)]
+            result["sets"][name].update(
+                ids=[e.id for e in examples], empty=empty, scores_at_dev_threshold=scores, dev_threshold=chosen[0],
+                f1_at_dev_threshold=100.0 * sum(scores) / len(scores),
+            )  # fmt: skip
     return result
 
 
@@ -144,9 +164,37 @@ def write_report(results: list[dict], path: Path, command: str) -> None:
                 f"| {s['auc']:.3f} | {per_title} | {s['always_answer_HasAns_f1']:.2f} | {s['always_null_f1']:.2f} "
                 f"| {s['curve_max_f1']:.2f} |"
             )
+    lines += seed_mean_lines(results)
     lines += ["", f"![F1 against the share answered]({path.with_suffix('.png').name})", ""]
     plot(results, path.with_suffix(".png"))
     atomic_write_text(path, "\n".join(lines))
+
+
+def seed_mean_lines(results: list[dict]) -> list[str]:
+    """The runs scored as they reported (held-out, at the threshold each chose on its dev article), their mean
+    per question, and a bootstrap interval of that mean's margin over always-null."""
+    runs = [r for r in results if "scores_at_dev_threshold" in r["sets"].get("held-out", {})]
+    if not runs:
+        return []
+    ids = runs[0]["sets"]["held-out"]["ids"]
+    if any(r["sets"]["held-out"]["ids"] != ids for r in runs):
+        raise ValueError("the runs were scored on different held-out questions; their mean per question is undefined")
+    scores = [r["sets"]["held-out"]["scores_at_dev_threshold"] for r in runs]
+    null_scores = _null_scores(runs[0])
+    mean, low, high = margin_interval(scores, null_scores)
+    each = ", ".join(f"seed {r['seed']} {r['sets']['held-out']['f1_at_dev_threshold']:.2f}" for r in runs)
+    return [
+        "",
+        f"Held-out F1 as each run reported it (threshold chosen on its dev article): {each}. Mean over the "
+        f"{len(runs)} runs, question by question: {100 * sum(null_scores) / len(null_scores) + mean:.2f}, a margin "
+        f"of {mean:+.2f} F1 over always-null, 95% bootstrap interval [{low:+.2f}, {high:+.2f}] (questions resampled, "
+        "2000 draws; the seeds are fixed, so this is the question-sampling error of these runs' mean only).",
+    ]
+
+
+def _null_scores(result: dict) -> list[float]:
+    """Always-null's per-question official score: 1 for an unanswerable question, 0 for an answerable one."""
+    return [float(e) for e in result["sets"]["held-out"]["empty"]]
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -179,7 +227,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     results = [analyse(Path(w)) for w in args.workdirs]
     for r in results:
-        sets = {name: {k: v for k, v in s.items() if k != "curve"} for name, s in r["sets"].items()}
+        per_question = ("curve", "ids", "empty", "scores_at_dev_threshold")
+        sets = {name: {k: v for k, v in s.items() if k not in per_question} for name, s in r["sets"].items()}
         print(json.dumps({**r, "sets": sets}))
     if args.report:
         argv = argv if argv is not None else sys.argv[1:]
