@@ -47,17 +47,12 @@ def roc_auc(positive, negative) -> float:
 
 
 def _average_ranks(values):
+    """1-based ranks, tied values sharing their mean rank."""
     import numpy as np
 
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    start = 0
-    for end in range(1, len(values) + 1):  # tied runs share their mean rank (1-based)
-        if end == len(values) or sorted_values[end] != sorted_values[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2
-            start = end
-    return ranks
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2)[inverse]
 
 
 def answered_curve(null_odds, unanswerable, span_f1, steps: int = STEPS) -> list[tuple[float, float]]:
@@ -105,7 +100,10 @@ def analyse(workdir: Path) -> dict:
     for name, examples in (("held-out", held_out), ("dev", dev)):
         if not examples:
             continue
-        _, nbest, odds = predictor(examples, n_best=t.n_best, max_answer_length=t.max_answer_length)
+        # At the run's own threshold (0 without one): the predictions are the decisions the run reported.
+        cut = chosen[0] if chosen is not None else 0.0
+        predictions, nbest, odds = predictor(examples, n_best=t.n_best, max_answer_length=t.max_answer_length,
+                                             null_threshold=cut)  # fmt: skip
         spans = best_span_texts(nbest)
         span_f1 = [max((metric.f1(spans[e.id], a.text) for a in e.answers), default=0.0) for e in examples]
         empty = [e.is_impossible for e in examples]
@@ -128,8 +126,9 @@ def analyse(workdir: Path) -> dict:
             "curve_max_f1": max(f for _, f in curve),
         }
         if chosen is not None and name == "held-out":  # the official per-question scores the run reported
-            answered = [bool(spans[e.id]) and not odds[e.id] > chosen[0] for e in examples]
-            scores = [f if a else float(e) for f, a, e in zip(span_f1, answered, empty, strict=True)]
+            scores = [
+                float(e.is_impossible) if predictions[e.id] == "" else f for e, f in zip(examples, span_f1, strict=True)
+            ]
             result["sets"][name].update(
                 ids=[e.id for e in examples], empty=empty, scores_at_dev_threshold=scores, dev_threshold=chosen[0],
                 f1_at_dev_threshold=100.0 * sum(scores) / len(scores),
