@@ -1,4 +1,4 @@
-"""The optimizer, built from the `optimizer` config section as one `optax.chain`.
+"""The optimizer, built from the `optimizer` config section.
 
 For trainable parameters an update is
 
@@ -6,10 +6,11 @@ For trainable parameters an update is
 
 where `base` is Adam's scaled moments (adamw, adam), momentum (sgd with momentum) or the identity (plain
 sgd). The decay term sits inside the learning rate, as in AdamW (Loshchilov & Hutter, Algorithm 2 line 12)
-and `optax.adamw`, so that with no multipliers and nothing frozen "adamw" is exactly `optax.adamw`. A
-multiplier scales the whole update, decay included: it is a per-group learning rate, as a PyTorch
-parameter group's `lr` is. Frozen parameters get zero updates and no optimizer state. Every mask is a list
-of regexes over `/`-joined parameter paths, resolved by `qajax.tree`.
+and `optax.adamw`, so that with no multipliers and nothing frozen "adamw" is exactly `optax.adamw` (after
+`optax.clip_by_global_norm`). A multiplier scales the whole update, decay included: it is a per-group
+learning rate, as a PyTorch parameter group's `lr` is. Frozen parameters get zero updates and no optimizer
+state. Every mask is a list of regexes over `/`-joined parameter paths, resolved by `qajax.tree`. The
+update itself is one expression per parameter (`qajax.train.fused_update`), not a chain of optax links.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import optax
 
 from qajax import tree
 from qajax.errors import ConfigError
+from qajax.train.fused_update import LeafRule, fused_update
 
 NAMES = ("adamw", "adam", "sgd")
 SCHEDULES = ("linear", "cosine", "exponential", "constant")
@@ -60,26 +62,28 @@ def make_optimizer(
     """(tx, learning_rate_schedule) for `params`; the schedule is what to log as `train/learning_rate`."""
     _check(config)
     schedule = make_schedule(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    clip = config.grad_clip_norm
-    trainable = optax.chain(
-        # 1. Clip first, so that the threshold is on the raw gradient whatever the optimizer does with it.
-        optax.clip_by_global_norm(clip) if clip else optax.identity(),
-        # 2. The base optimizer's direction, before the learning rate.
-        _base(config),
-        # 3. Decoupled decay, added before the learning rate so that it becomes lr * wd * param (AdamW).
-        optax.add_decayed_weights(config.weight_decay, mask=decay_mask(params, config.no_decay))
-        if config.weight_decay
-        else optax.identity(),
-        # 4. -schedule(step), as optax.adamw / optax.sgd apply it.
-        optax.scale_by_learning_rate(schedule),
-        # 5. Per-group learning rates, on the whole update (decay included).
-        _multipliers(config, params),
-    )
-    # 6. Frozen params around everything: they see no clipping, no moments, and a zero update.
     _check_patterns_match(params, config.frozen, "optimizer.frozen")
-    frozen = tree.mask(params, config.frozen)
-    labels = jax.tree.map(lambda is_frozen: "frozen" if is_frozen else "trainable", frozen)
-    tx = optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()}, labels)
+    multipliers = [(pattern, float(multiplier)) for pattern, multiplier in config.lr_multipliers]
+    _check_patterns_match(params, [pattern for pattern, _ in multipliers], "optimizer.lr_multipliers")
+    frozen = tree.flatten(tree.mask(params, config.frozen))
+    decays = tree.flatten(decay_mask(params, config.no_decay))
+    per_param = tree.flatten(tree.match_rules(params, multipliers, default=1.0, require_all=False))
+    rules = tree.unflatten(
+        {path: LeafRule(not frozen[path], decays[path], per_param[path]) for path in tree.flatten(params)}
+    )
+    base = "adam" if config.name in ("adamw", "adam") else "momentum" if config.momentum else "identity"
+    tx = fused_update(
+        schedule,
+        rules,
+        base=base,
+        b1=config.b1,
+        b2=config.b2,
+        eps=config.eps,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        clip_norm=config.grad_clip_norm or None,
+    )
     return tx, schedule
 
 
@@ -151,26 +155,6 @@ def _check(config: ml_collections.ConfigDict) -> None:
             f"optimizer.b1={config.b1}, optimizer.b2={config.b2}, optimizer.eps={config.eps}: "
             "expected b1 and b2 in [0, 1) and eps > 0"
         )
-
-
-def _base(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    if config.name in ("adamw", "adam"):
-        return optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
-    if config.momentum:
-        return optax.trace(decay=config.momentum, nesterov=config.nesterov)
-    return optax.identity()  # optax.sgd would keep a zero-decay trace; plain SGD needs no state
-
-
-def _multipliers(config: ml_collections.ConfigDict, params: Mapping) -> optax.GradientTransformation:
-    rules = [(pattern, float(multiplier)) for pattern, multiplier in config.lr_multipliers]
-    _check_patterns_match(params, [pattern for pattern, _ in rules], "optimizer.lr_multipliers")
-    per_param = tree.match_rules(params, rules, default=1.0, require_all=False)
-    # One masked `optax.scale` per distinct multiplier; masked leaves pass through, frozen ones included.
-    scales = [
-        optax.masked(optax.scale(value), jax.tree.map(lambda m, value=value: m == value, per_param))
-        for value in sorted(set(jax.tree.leaves(per_param)) - {1.0})
-    ]
-    return optax.chain(*scales) if scales else optax.identity()
 
 
 def _check_patterns_match(params: Mapping, patterns: Iterable[str], key: str) -> None:

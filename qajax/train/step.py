@@ -122,11 +122,14 @@ def make_train_step(
         return params, opt_state, extras
 
     def _apply(state, grads, finite, grad_norm, metrics):
-        # A non-finite loss or gradient keeps the old params, optimizer and technique state. The select
-        # fuses into the elementwise optimizer update, so it costs no extra pass over the state.
-        new = update(state, grads)
-        old = (state.params, state.opt_state, state.extras)
-        params, opt_state, extras = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        # A non-finite loss or gradient keeps the old params, optimizer and technique state. A cond rather
+        # than a select per element: with the state donated, selecting between old and new buffers made XLA
+        # copy every optimizer leaf (~20 ms a step for MiniLM on the reference CPU).
+        params, opt_state, extras = jax.lax.cond(
+            finite,
+            lambda: update(state, grads),
+            lambda: (state.params, state.opt_state, state.extras),
+        )
         dynamic_scale = state.dynamic_scale
         if dynamic_scale is not None:
             dynamic_scale = _update_loss_scale(dynamic_scale, finite)
