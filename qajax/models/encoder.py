@@ -83,7 +83,9 @@ def attend(config, hidden, mask, *, deterministic, output_attentions):
         return context.reshape(hidden.shape), None
 
     # The explicit path: needed for dropout on the probabilities and to return them.
-    scores = jnp.einsum("btnd,bsnd->bnts", query, key) / jnp.sqrt(config.head_dim).astype(query.dtype)
+    # Scaled before the product, as flax's attention does: a pass over [B, T, N, D], not over the scores.
+    query = query / jnp.sqrt(config.head_dim).astype(query.dtype)
+    scores = jnp.einsum("btnd,bsnd->bnts", query, key)
     scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(config.compute_dtype)  # [B, N, T, S]
     dropped = Dropout(config.attention_dropout)(probs, deterministic=not dropout_probs)
