@@ -41,6 +41,9 @@ class Task:
     # Several outputs (multitask): logits(outputs) is {name: array} and this says what each compares as
     # ("classes", "binary" or "regression"), with `{name}/input_ids` the batch's ids (SMART perturbs them).
     output_kinds: dict[str, str] | None = None
+    # ((regex, multiplier), ...): learning-rate groups the task's own parameters need; they go after the
+    # config's `optimizer.lr_multipliers`, so a config rule for the same path wins.
+    lr_multipliers: tuple[tuple[str, float], ...] = ()
 
     def train_batches(self, **iterator_args):
         """The training batches, from `BatchIterator`'s arguments (global_batch_size, seed, position, ...)."""

@@ -65,6 +65,11 @@ def default_config() -> ml_collections.ConfigDict:
     t.mnr_scale = 20.0  # mnr: scores are scale * cosine
     t.positive_threshold = 3.0  # sts with cosine_embedding / mnr: similarity >= this is a positive pair
     t.cosine_threshold = 0.5  # quora trained by a cosine loss: a duplicate when cos > this
+    # quora's cosine form with a BCE loss has logit = scale * cos + bias. Two scalars at the encoder's learning
+    # rate move ~lr a step under Adam: at 1e-4 they stayed at their initial cut (cos > 0, "duplicate" for
+    # nearly every pair) and Quora accuracy was 0.47 (docs/results/multitask_ablation.md). They learn at
+    # learning_rate x this instead.
+    t.affine_lr_multiplier = 1000.0
     t.predictions_dir = ""  # if set, each evaluation writes predictions CSVs and confusion PNGs here
     return t
 
@@ -286,4 +291,9 @@ def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_o
         eval_sets=held_out or None,
         pcgrad=t.pcgrad,
         output_kinds={spec.name: spec.kind for spec in specs},
+        lr_multipliers=tuple(
+            (f"{spec.name}/logit_(scale|bias)", float(t.get("affine_lr_multiplier", 1.0)))
+            for spec in specs
+            if spec.is_pair and spec.form == "cosine" and spec.kind == "binary"
+        ),
     )

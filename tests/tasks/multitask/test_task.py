@@ -11,6 +11,7 @@ from qajax import tree
 from qajax.errors import ConfigError
 from qajax.tasks.base import build_task
 from qajax.tasks.multitask import data
+from qajax.techniques import apply_techniques
 from qajax.train.loop import train
 from tests.tasks.multitask.tiny import tiny_config
 
@@ -27,6 +28,13 @@ def test_heads_in_each_form(tmp_path, form):
     assert "bert/encoder/layer/0/attention/self/query/kernel" in paths  # the encoder where freezing looks
     assert {"shared/dense_0/kernel", "sst/layers/dense_1/kernel", "sst/output/kernel"} <= paths
     assert ("quora/logit_scale" in paths) == (form == "cosine")
+    # The affine cut of quora's cosine learns at a multiple of the learning rate; the config's rules go first.
+    expected = (("quora/logit_(scale|bias)", 1000.0),) if form == "cosine" else ()
+    assert task.lr_multipliers == expected
+    optimizer = config.optimizer.copy_and_resolve_references()
+    optimizer.lr_multipliers = (("sst/.*", 2.0),)
+    _, merged, _ = apply_techniques(task, [], optimizer)
+    assert merged.lr_multipliers == (("sst/.*", 2.0), *expected)
     batches = task.train_batches(global_batch_size=4, seed=0)
     for _ in range(3):
         batch = next(batches)
