@@ -97,12 +97,14 @@ def fused_update(
                 continue
             if factor is not None:
                 g = g * factor.astype(g.dtype)
+            # The moments keep their own dtype whatever the gradient's (a float32 gradient of bfloat16 params,
+            # from accumulation or loss scaling): the non-finite guard's cond needs the same state both ways.
             if base == "adam":
-                mu = (1 - b1) * g + b1 * mu
-                nu = (1 - b2) * jnp.square(g) + b2 * nu
+                mu = ((1 - b1) * g + b1 * mu).astype(mu.dtype)
+                nu = ((1 - b2) * jnp.square(g) + b2 * nu).astype(nu.dtype)
                 direction = (mu / correction1.astype(mu.dtype)) / (jnp.sqrt(nu / correction2.astype(nu.dtype)) + eps)
             elif base == "momentum":
-                mu = g + momentum * mu
+                mu = (g + momentum * mu).astype(mu.dtype)
                 direction = g + momentum * mu if nesterov else mu
             else:
                 direction = g

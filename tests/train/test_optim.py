@@ -59,8 +59,8 @@ def config(**overrides):
 def run(tx, params, steps, grad_seed=100):
     """`steps` optimizer steps with fresh random gradients; returns (params, last updates, state).
 
-    Jitted, as the train step runs it: XLA's fused float32 arithmetic then gives bit-identical results for
-    the same math written as one expression (ours) or as a chain of inlined jits (optax)."""
+    Jitted, as the train step runs it: XLA then compiles the same math written as one expression (ours) or
+    as a chain of inlined jits (optax) to the same float32 arithmetic, up to the last bit of the clip factor."""
     state = tx.init(params)
     update = jax.jit(tx.update)
     for step in range(steps):
@@ -265,3 +265,15 @@ def test_weight_decay_without_params_is_an_error():
     tx, _ = optim.make_optimizer(config(weight_decay=0.1), random_tree(0), total_steps=10, steps_per_epoch=5)
     with pytest.raises(ValueError, match="weight decay needs the params"):
         tx.update(random_tree(1), tx.init(random_tree(0)))
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_state_keeps_the_params_dtype_under_float32_gradients(name):
+    """bfloat16 params with float32 gradients (accumulation, loss scaling): the moments stay bfloat16, so the
+    step's non-finite guard (a cond) sees the same state types on both branches."""
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), random_tree(0))
+    overrides = {"momentum": 0.9, "weight_decay": 0.0} if name == "sgd" else {}
+    tx, _ = optim.make_optimizer(config(name=name, **overrides), params, total_steps=10, steps_per_epoch=5)
+    state = tx.init(params)
+    _, new_state = jax.jit(tx.update)(random_tree(1), state, params)
+    assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)

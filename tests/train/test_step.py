@@ -1,5 +1,7 @@
 """The pure train step against reference math: accumulation, non-finite skips, loss scaling, one compile."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +83,22 @@ def test_nonfinite_loss_skips_the_update_and_is_counted():
     state, metrics = step(state, clean)
     assert int(metrics["train/nonfinite_steps"]) == 1
     assert np.isfinite(float(metrics["train/loss"]))
+
+
+def test_bfloat16_params_with_accumulation_train():
+    """Accumulation weighs the micro-batch gradients in float32; the optimizer state must stay bfloat16 for
+    the non-finite guard's cond to type-check, and the params stay bfloat16."""
+    from qajax.train import optim
+
+    task = tiny_task(dropout=0.0)
+    params = jax.tree.map(lambda x: np.asarray(x).astype(jnp.bfloat16), task.initial_params)
+    task = dataclasses.replace(task, initial_params=params)
+    tx, _ = optim.make_optimizer(optim.default_config(), params, total_steps=10, steps_per_epoch=5)
+    data = generate(8, 16, 64, 4, seed=4)
+    micro = jax.tree.map(lambda x: x.reshape((2, 4) + x.shape[1:]), data)
+    state, losses, _ = _run(task, tx, [micro] * 2, accumulation_steps=2)
+    assert all(np.isfinite(losses))
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_fp16_dynamic_loss_scale_halves_on_overflow_and_grows_after_clean_steps():
