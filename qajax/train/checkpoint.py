@@ -47,6 +47,7 @@ class Checkpoints:
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=True,
         )
+        self.directory = Path(directory)
         self.every_steps = every_steps
         self.best_metric = best_metric
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
@@ -72,7 +73,17 @@ class Checkpoints:
     def restore(self, step: int, abstract_state) -> tuple[object, dict]:
         """(state, data position) of `step`, laid out as `abstract_state` (shapes, dtypes, shardings)."""
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
-        restored = self.manager.restore(step, args=args)
+        try:
+            restored = self.manager.restore(step, args=args)
+        except ValueError as error:
+            if "tree structures do not match" not in str(error):
+                raise
+            raise CheckpointError(
+                f"{self.directory / str(step)}: the saved train state has another layout than this run's (a "
+                "different model, techniques or optimizer, or a checkpoint from before qajax's optimizer state "
+                "became one FusedState per run, commit a56affc). Resume it with the config and qajax version "
+                "that wrote it, or start a new workdir; `qajax eval`/`export-hf` still read its params."
+            ) from error
         return restored["state"], restored["data"]
 
     def wait(self) -> None:
