@@ -44,6 +44,7 @@ class Task:
     # ((regex, multiplier), ...): learning-rate groups the task's own parameters need; they go after the
     # config's `optimizer.lr_multipliers`, so a config rule for the same path wins.
     lr_multipliers: tuple[tuple[str, float], ...] = ()
+    no_decay: tuple[str, ...] = ()  # regexes of the task's own params that weight decay must not pull to 0
 
     def train_batches(self, **iterator_args):
         """The training batches, from `BatchIterator`'s arguments (global_batch_size, seed, position, ...)."""

@@ -64,8 +64,8 @@ def build_techniques(config, task) -> list:
 
 def apply_techniques(task, techniques, optimizer_config):
     """(task with prepared params and wrapped forward, optimizer config with frozen patterns and the task's
-    learning-rate groups, init_extras(params) -> the techniques' initial state, traced inside the state's
-    creation)."""
+    learning-rate groups and no-decay params, init_extras(params) -> the techniques' initial state, traced
+    inside the state's creation)."""
     params, forward = task.initial_params, task.forward
     for t in techniques:
         if hasattr(t, "prepare_params"):
@@ -81,6 +81,7 @@ def apply_techniques(task, techniques, optimizer_config):
     with optimizer_config.unlocked():
         optimizer_config.frozen = tuple(dict.fromkeys(frozen))
         optimizer_config.lr_multipliers = (*optimizer_config.lr_multipliers, *task.lr_multipliers)
+        optimizer_config.no_decay = tuple(dict.fromkeys((*optimizer_config.no_decay, *task.no_decay)))
     # Evaluation must see what training sees (LoRA merge, prompts): rebuild predict from the wrapped forward.
     predict_fn = task.make_predict(forward) if task.make_predict else task.predict_fn
     task = dataclasses.replace(task, initial_params=params, forward=forward, predict_fn=predict_fn)

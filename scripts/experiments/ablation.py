@@ -39,6 +39,7 @@ def run_variants(
         overrides = [*variants[variant], *args.set]
         result = run_one(Path(args.workdir) / variant, overrides, command, args)
         result["variant"] = variant
+        result["commit"] = _commit()
         print(json.dumps({k: v for k, v in result.items() if k != "evaluations"}), flush=True)
         if args.report:
             history = Path(args.report).with_suffix(".jsonl")
@@ -46,6 +47,21 @@ def run_variants(
                 f.write(json.dumps(result) + "\n")
             write_report([json.loads(line) for line in history.read_text().splitlines()], Path(args.report))
     return 0
+
+
+def _commit() -> str:
+    """The project's git commit (with "+changes" when the tree differs from it), or "" outside a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "qajax"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return ""
+    if head.returncode:
+        return ""
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def save_figure(fig, path: Path) -> None:

@@ -52,8 +52,13 @@ def write_report(rows: list[dict], path: Path) -> None:
         "| command | date | seed | variant | minutes | " + " | ".join(name for name, _ in SCORES) + " |",
         "|---" * (5 + len(SCORES)) + "|",
     ]
+    notes = []
     for r in rows:
-        cells = [f"`{r['command']}`", r["date"], str(r["seed"]), r["variant"], f"{r['seconds'] / 60:.1f}"]
+        variant = r["variant"]
+        if r.get("note"):  # added to a row afterwards, e.g. when a later change superseded it
+            notes.append(r["note"])
+            variant += f" [{len(notes)}]"
+        cells = [f"`{r['command']}`", r["date"], str(r["seed"]), variant, f"{r['seconds'] / 60:.1f}"]
         cells += [f"{r['scores'][key]:.3f}" for _, key in SCORES]
         lines.append("| " + " | ".join(cells) + " |")
     if base:
@@ -61,10 +66,23 @@ def write_report(rows: list[dict], path: Path) -> None:
             f"| majority / zero baseline | | | | | {base['sst']:.3f} | {base['quora']:.3f} | 0.000 | "
             f"{base['composite']:.3f} |"
         )
-        latest = [r for r in rows if r["command"] == rows[-1]["command"]]
-        lines += ["", f"![scores per variant]({path.with_suffix('.png').name})"]
-        plot(latest, path.with_suffix(".png"))
+        lines += [""] + [f"[{i}] {note}" for i, note in enumerate(notes, 1)] + [""] * bool(notes)
+        lines += [
+            "The plot shows the latest row of each variant.",
+            "",
+            f"![scores per variant]({path.with_suffix('.png').name})",
+        ]
+        plot(latest_per_variant(rows), path.with_suffix(".png"))
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def latest_per_variant(rows: list[dict]) -> list[dict]:
+    """The last row of each variant, variants in the order they first appear."""
+    latest = {}
+    for r in rows:
+        latest.setdefault(r["variant"], r)
+        latest[r["variant"]] = r
+    return list(latest.values())
 
 
 def plot(rows: list[dict], path: Path) -> None:

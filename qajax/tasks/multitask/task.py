@@ -68,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     # quora's cosine form with a BCE loss has logit = scale * cos + bias. Two scalars at the encoder's learning
     # rate move ~lr a step under Adam: at 1e-4 they stayed at their initial cut (cos > 0, "duplicate" for
     # nearly every pair) and Quora accuracy was 0.47 (docs/results/multitask_ablation.md). They learn at
-    # learning_rate x this instead.
+    # learning_rate x this instead, and without weight decay.
     t.affine_lr_multiplier = 1000.0
     t.predictions_dir = ""  # if set, each evaluation writes predictions CSVs and confusion PNGs here
     return t
@@ -274,6 +274,13 @@ def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_o
     def make_train_batches(**iterator_args):
         return MultitaskBatches(train, schedule=t.schedule, **iterator_args)
 
+    # The learned affine cut of a cosine-BCE head (see task.affine_lr_multiplier).
+    affine = tuple(
+        f"{spec.name}/logit_(scale|bias)"
+        for spec in specs
+        if spec.is_pair and spec.form == "cosine" and spec.kind == "binary"
+    )
+
     return MultitaskTask(
         spec=encoder_spec,
         model=model,
@@ -291,9 +298,6 @@ def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_o
         eval_sets=held_out or None,
         pcgrad=t.pcgrad,
         output_kinds={spec.name: spec.kind for spec in specs},
-        lr_multipliers=tuple(
-            (f"{spec.name}/logit_(scale|bias)", float(t.get("affine_lr_multiplier", 1.0)))
-            for spec in specs
-            if spec.is_pair and spec.form == "cosine" and spec.kind == "binary"
-        ),
+        lr_multipliers=tuple((pattern, float(t.affine_lr_multiplier)) for pattern in affine),
+        no_decay=affine,  # a temperature and an offset (as CLIP's logit scale), not weights to shrink
     )

@@ -35,6 +35,7 @@ def test_heads_in_each_form(tmp_path, form):
     optimizer.lr_multipliers = (("sst/.*", 2.0),)
     _, merged, _ = apply_techniques(task, [], optimizer)
     assert merged.lr_multipliers == (("sst/.*", 2.0), *expected)
+    assert merged.no_decay == (*config.optimizer.no_decay, *(pattern for pattern, _ in expected))
     batches = task.train_batches(global_batch_size=4, seed=0)
     for _ in range(3):
         batch = next(batches)
