@@ -69,7 +69,9 @@ def fused_update(
             count=jnp.zeros((), jnp.int32), mu=moments(params, keeps_mu), nu=moments(params, base == "adam")
         )
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, *, global_norm=None, **unused_extra_args):
+        """`global_norm`: the norm of all of `grads`, if the caller has it (the step logs it); used for the clip
+        when every param trains, sparing a second pass over the gradients."""
         if weight_decay and params is None:
             raise ValueError("weight decay needs the params: call update(grads, state, params)")
         g_leaves = treedef.flatten_up_to(grads)
@@ -80,7 +82,8 @@ def fused_update(
 
         factor = None
         if clip_norm:
-            norm = optax.tree.norm(trained)
+            everything_trains = len(trained) == len(g_leaves)
+            norm = global_norm if global_norm is not None and everything_trains else optax.tree.norm(trained)
             factor = jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
         count = optax.safe_increment(state.count)
         step_size = -jnp.asarray(learning_rate(state.count))  # optax.scale_by_learning_rate counts from 0
@@ -118,4 +121,4 @@ def fused_update(
             new_nu.append(nu if base == "adam" else None)
         return treedef.unflatten(updates), FusedState(count, treedef.unflatten(new_mu), treedef.unflatten(new_nu))
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -113,8 +113,10 @@ def make_train_step(
         finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(grad_norm)
         return _apply(state, grads, finite, grad_norm, metrics)
 
-    def update(state, grads):
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    def update(state, grads, grad_norm):
+        # qajax's optimizer clips with the norm computed here rather than computing it again.
+        extra = {"global_norm": grad_norm} if isinstance(tx, optax.GradientTransformationExtraArgs) else {}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
         extras = dict(state.extras)
         for technique in updating:
@@ -127,7 +129,7 @@ def make_train_step(
         # copy every optimizer leaf (~20 ms a step for MiniLM on the reference CPU).
         params, opt_state, extras = jax.lax.cond(
             finite,
-            lambda: update(state, grads),
+            lambda: update(state, grads, grad_norm),
             lambda: (state.params, state.opt_state, state.extras),
         )
         dynamic_scale = state.dynamic_scale

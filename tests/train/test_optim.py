@@ -277,3 +277,22 @@ def test_state_keeps_the_params_dtype_under_float32_gradients(name):
     state = tx.init(params)
     _, new_state = jax.jit(tx.update)(random_tree(1), state, params)
     assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
+
+
+def test_clip_uses_the_callers_global_norm_only_when_every_param_trains():
+    grads = random_tree(1, scale=1e3)
+    norm = float(optax.tree.norm(grads))
+    params = random_tree(0)
+
+    def updates(frozen, given):
+        tx, _ = optim.make_optimizer(sgd(grad_clip_norm=0.5, frozen=frozen), params, total_steps=10, steps_per_epoch=5)
+        return tree.flatten(tx.update(grads, tx.init(params), params, global_norm=given)[0])
+
+    path = "qa_outputs/kernel"
+    # The step passes the norm it logs: with it, no second pass over the gradients, the same update.
+    np.testing.assert_allclose(updates((), norm)[path], updates((), None)[path], rtol=1e-6)
+    # Taken as given (twice the norm: half the update) ...
+    np.testing.assert_allclose(updates((), 2 * norm)[path], 0.5 * updates((), None)[path], rtol=1e-6)
+    # ... except when something is frozen: the clip's norm then leaves the frozen gradients out.
+    frozen = ("bert/embeddings/.*",)
+    np.testing.assert_allclose(updates(frozen, 2 * norm)[path], updates(frozen, None)[path], rtol=1e-6)
