@@ -362,6 +362,30 @@ def run(
     }  # fmt: skip
 
 
+# The targets the project set itself, on step-time ratios to the plain qajax step: a reference must be this
+# many times slower (">="), a technique at most this much slower or faster ("<="). SDV's is its arithmetic
+# limit, (3 + K) / 3 forward-equivalents, with 5% slack; freeze-top2's is stated for 2 of 12 layers.
+TARGETS = {
+    "hf-flax": (">=", 1.25),
+    "hf-pytorch": (">=", 1.5),
+    "sda": ("<=", 1.40),
+    "sdv-k3": ("<=", (3 + 3) / 3 * 1.05),
+    "sdv-k5": ("<=", (3 + 5) / 3 * 1.05),
+    "smart-t1": ("<=", 3.0),
+    "lora-r8": ("<=", 0.80),
+    "freeze-top2": ("<=", 0.50),
+}
+
+
+def target_cell(name: str, ratio: float) -> str:
+    """'<= 1.40: met' / '>= 1.25: not met' / '' for an entry without a target."""
+    if name not in TARGETS:
+        return ""
+    op, bound = TARGETS[name]
+    met = ratio >= bound if op == ">=" else ratio <= bound
+    return f"{op} {bound:.2f}: {'met' if met else 'not met'}"
+
+
 def markdown(report: dict) -> str:
     shape = {f.name: report["config"][f.name] for f in dataclasses.fields(Shape)}
     lines = [
@@ -369,13 +393,14 @@ def markdown(report: dict) -> str:
         f"shape: {json.dumps(shape)}; peak {report['config']['peak_flops'] / 1e9:.0f} GFLOP/s "
         f"({report['config']['peak_flops_source']})",
         "",
-        "| name | examples/s | tokens/s | step ms | ratio | MFU | compile s |",
-        "|---|---|---|---|---|---|---|",
+        "| name | examples/s | tokens/s | step ms | ratio | target (ratio) | MFU | compile s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['name']} | {r['examples_per_sec']:.1f} | {r['tokens_per_sec']:.0f} | {r['step_ms']:.1f} | "
-            f"{r['ratio']:.2f} | {100 * r['mfu']:.1f}% | {r['compile_seconds']:.1f} |"
+            f"{r['ratio']:.2f} | {target_cell(r['name'], r['ratio'])} | {100 * r['mfu']:.1f}% | "
+            f"{r['compile_seconds']:.1f} |"
         )
     return "\n".join(lines)
 

@@ -53,3 +53,18 @@ def test_multitask_pcgrad_entry_splits_the_batch_over_three_tasks():
     report = bench.run(shape, ["qajax", "multitask-pcgrad"], steps=1, warmup=0, peak_flops=1e12, rounds=2)
     assert [r["name"] for r in report["results"]] == ["qajax", "multitask-pcgrad"]
     assert report["results"][1]["ratio"] > 0 and report["config"]["rounds"] == 2
+
+
+@pytest.mark.parametrize(
+    "name, ratio, cell",
+    [
+        ("hf-flax", 1.30, ">= 1.25: met"),
+        ("hf-pytorch", 1.45, ">= 1.50: not met"),
+        ("sdv-k3", 2.10, "<= 2.10: met"),  # (3 + 3) / 3 x 1.05
+        ("sdv-k5", 2.81, "<= 2.80: not met"),  # (3 + 5) / 3 x 1.05
+        ("lora-r8", 0.71, "<= 0.80: met"),
+        ("qajax", 1.0, ""),
+    ],
+)
+def test_targets_are_judged_on_the_ratio(name, ratio, cell):
+    assert bench.target_cell(name, ratio) == cell
