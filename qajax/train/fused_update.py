@@ -5,9 +5,9 @@ The same math as an `optax.chain(clip_by_global_norm, scale_by_adam, add_decayed
 scale_by_learning_rate, masked scales)` inside `optax.multi_transform`, but the chain hands XLA one tree
 of intermediates per link: the clipped gradient is materialised (XLA will not duplicate a division into
 the two moment updates), and each link adds fusions and copies. On the reference CPU that made the
-update of MiniLM's 22M parameters take ~35 ms against ~15 ms for a bare `optax.adamw`. Written as one
-expression per leaf, with the clip a scalar factor, XLA emits the moments and the new parameter in a
-few fusions that read the gradient once.
+update of MiniLM's 22M parameters take ~35 ms against ~14 ms for a bare `optax.adamw` (no clip, no
+masks). Written as one expression per leaf, with the clip a scalar factor, XLA emits about three fusions
+per leaf (the two moments and the new parameter) and materialises nothing else: ~16 ms.
 
 Frozen parameters get a zero update and no state (`None` in the moment trees), and their gradients do
 not count towards the clipping norm. Masks and multipliers are static per leaf, so each leaf's expression
