@@ -33,7 +33,7 @@ def _row(variant: str, f1: float, command: str = "scripts/experiments/squad_abla
     )  # fmt: skip
 
 
-def test_ablation_report_lists_every_row_and_averages_the_seeds_of_the_latest_settings(tmp_path):
+def test_ablation_report_lists_every_row_and_averages_the_seeds_of_each_settings(tmp_path):
     ablation = _load("squad_ablation")
     rows = [
         _row("baseline", 40.0, command="other settings", epochs=1.0),
@@ -47,10 +47,14 @@ def test_ablation_report_lists_every_row_and_averages_the_seeds_of_the_latest_se
     text = report.read_text()
     table = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(table) == 5 and "40.00" in table[0] and "51.25" in table[2]
-    means = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith(("| baseline", "| sdv"))}
+    summaries = text.split("Settings: ")[1:]
+    assert len(summaries) == 2 and summaries[0].startswith("1.0 epochs") and summaries[1].startswith("1.5 epochs")
+    assert "| baseline | 0 | 40.00 (40.00) |" in summaries[0] and "sdv" not in summaries[0]
+    means = {line.split(" | ")[0][2:]: line for line in summaries[1].splitlines() if line.startswith("| ")}
     # (47.5 + 49.0) / 2 and (51.25 + 50.75) / 2: the 1-epoch row has other settings and stays out
     assert means["baseline"].startswith("| baseline | 0, 1 | 48.25 (47.50, 49.00) |")
     assert means["sdv"].startswith("| sdv | 0, 1 | 51.00 (51.25, 50.75) |")
+    assert "The plot: the 1.5-epoch" in text  # two variants there, one in the 1-epoch settings
     assert "Always-null baseline F1: 49.21" in text and "![F1 per variant](ablation.png)" in text
     assert (tmp_path / "ablation.png").stat().st_size > 5000
     assert not list(tmp_path.glob("*.tmp*"))

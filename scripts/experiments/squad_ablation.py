@@ -75,14 +75,13 @@ def write_report(rows: list[dict], path: Path) -> None:
         cells = [f"`{r['command']}`", r["date"], r["variant"], str(r["seed"]), str(r["steps"])]
         cells += [f"{r['seconds'] / 60:.0f}"] + [f"{r[key]:.2f}" for _, key in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    if rows:
-        r = rows[-1]
-        # Every row run with the latest row's settings, whatever the command or seed: the comparison.
-        same = [x for x in rows if all(x[k] == r[k] for k in SETTINGS_KEYS)]
+    groups = _by_settings(rows)
+    for same in groups.values():
+        r = same[0]
         lines += [
             "",
-            f"Latest settings: {r['epochs']} epochs, max_seq_length {r['max_seq_length']}, doc_stride "
-            f"{r['doc_stride']}, batch {r['batch_size']}, learning rate {r['learning_rate']}, on {r['machine']}.",
+            f"Settings: {r['epochs']} epochs, max_seq_length {r['max_seq_length']}, doc_stride {r['doc_stride']}, "
+            f"batch {r['batch_size']}, learning rate {r['learning_rate']}, on {r['machine']}.",
             "Mean over the seeds run with them (one value per seed in brackets):",
             "",
             "| variant | seeds | F1 | HasAns_f1 | always-answer HasAns_f1 | tuned F1 |",
@@ -94,9 +93,26 @@ def write_report(rows: list[dict], path: Path) -> None:
                 values = [x[key] for x in runs]
                 cells.append(f"{sum(values) / len(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"![F1 per variant]({path.with_suffix('.png').name})"]
-        plot(same, path.with_suffix(".png"))
+    if groups:
+        # The plot: the settings most variants were compared under (the latest of equals).
+        plotted = max(reversed(list(groups.values())), key=lambda same: len(_by_variant(same)))
+        lines += [
+            "",
+            f"The plot: the {plotted[0]['epochs']}-epoch, learning-rate {plotted[0]['learning_rate']} "
+            "settings, the most variants.",
+            "",
+            f"![F1 per variant]({path.with_suffix('.png').name})",
+        ]
+        plot(plotted, path.with_suffix(".png"))
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _by_settings(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows grouped by their SETTINGS_KEYS values, groups in first-seen order: rows comparable with each other."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in SETTINGS_KEYS), []).append(r)
+    return groups
 
 
 def _by_variant(rows: list[dict]) -> dict[str, list[dict]]:
