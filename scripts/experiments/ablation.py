@@ -35,11 +35,12 @@ def run_variants(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)
     command = shlex.join([script, *(argv if argv is not None else sys.argv[1:])])
+    commit = _commit()  # now: the code this process has loaded, whatever is committed while it runs
     for variant in chosen:
         overrides = [*variants[variant], *args.set]
         result = run_one(Path(args.workdir) / variant, overrides, command, args)
         result["variant"] = variant
-        result["commit"] = _commit()
+        result["commit"] = commit
         print(json.dumps({k: v for k, v in result.items() if k != "evaluations"}), flush=True)
         if args.report:
             history = Path(args.report).with_suffix(".jsonl")
