@@ -76,14 +76,27 @@ def test_multitask_ablation_report_has_the_baseline_row_and_a_plot(tmp_path):
         "eval/composite": 0.687,
     }
     baseline = {"sst": 0.268, "quora": 0.604, "sts": 0.0, "composite": 0.457}
+    row = lambda v, seed=0, **extra: dict(  # noqa: E731
+        command="c", date="2026-11-24", seed=seed, variant=v, seconds=349, scores=scores, baseline=baseline, **extra
+    )
+    other = {**scores, "eval/composite": 0.601}
     rows = [
-        dict(command="c", date="2026-11-24", seed=0, variant=v, seconds=349, scores=scores, baseline=baseline)
-        for v in ("base", "smart")
+        row("base"),
+        row("smart"),
+        dict(row("smart", seed=1), scores=other),
+        dict(row("base", seed=1), scores={**scores, "eval/composite": 0.1}, note="superseded"),
     ]
     ablation.write_report(rows, tmp_path / "mt.md")
     text = (tmp_path / "mt.md").read_text()
     assert text.count("| 0.370 | 0.772 | 0.838 | 0.687 |") == 2
     assert "| majority / zero baseline | | | | | 0.268 | 0.604 | 0.000 | 0.457 |" in text
+    assert "| base [1] |" in text and "[1] superseded" in text
+    # Means over seeds; the noted row stays out of them: (0.687 + 0.601) / 2 = 0.644.
+    assert "| base | 0 | 0.370 (0.370) |" in text and text.rstrip().endswith("(mt.png)")
+    assert (
+        "| smart | 0, 1 | 0.370 (0.370, 0.370) | 0.772 (0.772, 0.772) | 0.838 (0.838, 0.838) | 0.644 (0.687, 0.601) |"
+        in text
+    )
     assert (tmp_path / "mt.png").stat().st_size > 5000
 
 

@@ -16,6 +16,8 @@ import datetime
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import multitask_minilm  # noqa: E402  (the scripts beside this one)
@@ -67,38 +69,53 @@ def write_report(rows: list[dict], path: Path) -> None:
             f"{base['composite']:.3f} |"
         )
         lines += [""] + [f"[{i}] {note}" for i, note in enumerate(notes, 1)] + [""] * bool(notes)
+        groups = seeds_per_variant(rows)
         lines += [
-            "The plot shows the latest row of each variant.",
+            "Mean over seeds per variant (one value per seed in brackets; a seed run twice counts its latest row,",
+            "rows with a note are left out):",
             "",
-            f"![scores per variant]({path.with_suffix('.png').name})",
+            "| variant | seeds | " + " | ".join(name for name, _ in SCORES) + " |",
+            "|---" * (2 + len(SCORES)) + "|",
         ]
-        plot(latest_per_variant(rows), path.with_suffix(".png"))
+        for variant, runs in groups.items():
+            cells = [variant, ", ".join(str(r["seed"]) for r in runs)]
+            for _, key in SCORES:
+                values = [r["scores"][key] for r in runs]
+                cells.append(f"{np.mean(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"![scores per variant]({path.with_suffix('.png').name})"]
+        plot(groups, path.with_suffix(".png"))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def latest_per_variant(rows: list[dict]) -> list[dict]:
-    """The last row of each variant, variants in the order they first appear."""
-    latest = {}
+def seeds_per_variant(rows: list[dict]) -> dict[str, list[dict]]:
+    """{variant: its rows, one per seed (the latest)}, variants in first-seen order, noted rows left out."""
+    groups: dict[str, dict] = {}
     for r in rows:
-        latest.setdefault(r["variant"], r)
-        latest[r["variant"]] = r
-    return list(latest.values())
+        if not r.get("note"):
+            groups.setdefault(r["variant"], {})[r["seed"]] = r
+    return {variant: list(by_seed.values()) for variant, by_seed in groups.items()}
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(groups: dict[str, list[dict]], path: Path) -> None:
+    """Mean score per variant as bars, each seed as a dot on its bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    x = np.arange(len(rows))
+    x = np.arange(len(groups))
     width = 0.8 / len(SCORES)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.2 * len(rows)), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.2 * len(groups)), 3.8))
     for i, (label, key) in enumerate(SCORES):
-        ax.bar(x + (i - (len(SCORES) - 1) / 2) * width, [r["scores"][key] for r in rows], width, label=label)
-    ax.axhline(rows[0]["baseline"]["composite"], color="k", ls="--", lw=1, label="baseline composite")
-    ax.set_xticks(x, [r["variant"] for r in rows], rotation=20)
+        values = [[r["scores"][key] for r in runs] for runs in groups.values()]
+        offset = x + (i - (len(SCORES) - 1) / 2) * width
+        ax.bar(offset, [np.mean(v) for v in values], width, label=label)
+        for xi, v in zip(offset, values, strict=True):
+            ax.plot([xi] * len(v), v, "k.", ms=4)
+    first = next(iter(groups.values()))[0]
+    ax.axhline(first["baseline"]["composite"], color="k", ls="--", lw=1, label="baseline composite")
+    ax.set_xticks(x, list(groups), rotation=20)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, frameon=False)
     save_figure(fig, path)
