@@ -50,6 +50,16 @@ def run_variants(
     return 0
 
 
+def rows_per_variant(rows: list[dict]) -> dict[str, list[dict]]:
+    """{variant: its rows, one per seed (the latest)}, variants in first-seen order; rows carrying a note
+    (superseded by a later change) are left out."""
+    groups: dict[str, dict] = {}
+    for r in rows:
+        if not r.get("note"):
+            groups.setdefault(r["variant"], {})[r["seed"]] = r
+    return {variant: list(by_seed.values()) for variant, by_seed in groups.items()}
+
+
 def _commit() -> str:
     """The project's git commit (with "+changes" when the tree differs from it), or "" outside a checkout."""
     import subprocess

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import multitask_minilm  # noqa: E402  (the scripts beside this one)
-from ablation import run_variants, save_figure  # noqa: E402
+from ablation import rows_per_variant, run_variants, save_figure  # noqa: E402
 
 REPORT = multitask_minilm.REPO / "docs" / "results" / "multitask_ablation.md"
 VARIANTS = {
@@ -69,7 +69,7 @@ def write_report(rows: list[dict], path: Path) -> None:
             f"{base['composite']:.3f} |"
         )
         lines += [""] + [f"[{i}] {note}" for i, note in enumerate(notes, 1)] + [""] * bool(notes)
-        groups = seeds_per_variant(rows)
+        groups = rows_per_variant(rows)
         lines += [
             "Mean over seeds per variant (one value per seed in brackets; a seed run twice counts its latest row,",
             "rows with a note are left out):",
@@ -86,15 +86,6 @@ def write_report(rows: list[dict], path: Path) -> None:
         lines += ["", f"![scores per variant]({path.with_suffix('.png').name})"]
         plot(groups, path.with_suffix(".png"))
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def seeds_per_variant(rows: list[dict]) -> dict[str, list[dict]]:
-    """{variant: its rows, one per seed (the latest)}, variants in first-seen order, noted rows left out."""
-    groups: dict[str, dict] = {}
-    for r in rows:
-        if not r.get("note"):
-            groups.setdefault(r["variant"], {})[r["seed"]] = r
-    return {variant: list(by_seed.values()) for variant, by_seed in groups.items()}
 
 
 def plot(groups: dict[str, list[dict]], path: Path) -> None:

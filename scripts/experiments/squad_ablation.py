@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import squad_split  # noqa: E402  (the scripts beside this one)
-from ablation import run_variants, save_figure  # noqa: E402
+from ablation import rows_per_variant, run_variants, save_figure  # noqa: E402
 
 REPORT = squad_split.REPO / "docs" / "results" / "squad_ablation.md"
 VARIANTS = {
@@ -87,7 +87,7 @@ def write_report(rows: list[dict], path: Path) -> None:
             "| variant | seeds | F1 | HasAns_f1 | always-answer HasAns_f1 | tuned F1 |",
             "|---|---|---|---|---|---|",
         ]
-        for variant, runs in _by_variant(same).items():
+        for variant, runs in rows_per_variant(same).items():
             cells = [variant, ", ".join(str(x["seed"]) for x in runs)]
             for key in ("f1", "HasAns_f1", "always_answer_HasAns_f1", "tuned_f1"):
                 values = [x[key] for x in runs]
@@ -95,7 +95,7 @@ def write_report(rows: list[dict], path: Path) -> None:
             lines.append("| " + " | ".join(cells) + " |")
     if groups:
         # The plot: the settings most variants were compared under (the latest of equals).
-        plotted = max(reversed(list(groups.values())), key=lambda same: len(_by_variant(same)))
+        plotted = max(reversed(list(groups.values())), key=lambda same: len(rows_per_variant(same)))
         lines += [
             "",
             f"The plot: the {plotted[0]['epochs']}-epoch, learning-rate {plotted[0]['learning_rate']} "
@@ -115,14 +115,6 @@ def _by_settings(rows: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _by_variant(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows grouped by variant in first-seen order; a seed run twice counts once (its latest row)."""
-    groups: dict[str, dict] = {}
-    for r in rows:
-        groups.setdefault(r["variant"], {})[r["seed"]] = r
-    return {variant: list(by_seed.values()) for variant, by_seed in groups.items()}
-
-
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -131,7 +123,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import numpy as np
 
     keys = (("f1", "F1"), ("HasAns_f1", "HasAns F1"), ("always_answer_HasAns_f1", "always-answer HasAns F1"))
-    groups = _by_variant(rows)
+    groups = rows_per_variant(rows)
     x = np.arange(len(groups))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 + 1.4 * len(groups)), 3.8))
     for i, (key, label) in enumerate(keys):
