@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from qajax.host_memory import keep_freed_host_memory
+
 
 def run_variants(
     argv, *, doc: str, script: str, variants: Mapping, default: str, report: Path, run_one: Callable,
@@ -28,6 +30,7 @@ def run_variants(
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    keep_freed_host_memory()  # see qajax/host_memory.py: before the first JAX computation
     chosen = args.variants.split(",")
     unknown = sorted(set(chosen) - set(variants))
     if unknown:

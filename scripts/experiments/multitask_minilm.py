@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from qajax.host_memory import keep_freed_host_memory
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/multitask.py"
 SETTINGS = (
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="runs/multitask_minilm")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    keep_freed_host_memory()  # see qajax/host_memory.py: before the first JAX computation
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     result = run(args.workdir, args.set)
     print(json.dumps({k: v for k, v in result.items() if k not in ("command", "seed")}))

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from qajax.host_memory import keep_freed_host_memory
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/squad.py"
 REPORT = REPO / "docs" / "results" / "squad_split.md"
@@ -322,6 +324,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report", default=str(REPORT), help="markdown file to write ('' for none)")
     parser.add_argument("--rescore", action="store_true", help="score the finished run in --workdir again")
     args = parser.parse_args(argv)
+    keep_freed_host_memory()  # see qajax/host_memory.py: before the first JAX computation
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)
     command = shlex.join(["scripts/experiments/squad_split.py", *(argv if argv is not None else sys.argv[1:])])

@@ -1,0 +1,59 @@
+"""keep_freed_host_memory: a jitted call with a large output stops faulting its pages in on every call."""
+
+import json
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="the allocator settings are glibc's"
+)
+
+_PROBE = textwrap.dedent(
+    """
+    import json, os, resource, sys
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    from qajax.host_memory import keep_freed_host_memory
+    applied = keep_freed_host_memory() if sys.argv[1] == "keep" else False
+    import jax, jax.numpy as jnp
+    double = jax.jit(lambda x: x * 2.0)
+    x = jnp.ones((16 * 1024 * 1024,), jnp.float32)  # 64 MiB: far above glibc's largest mmap threshold
+    for _ in range(6):  # the heap grows to its steady size
+        double(x).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    calls = 10
+    for _ in range(calls):
+        double(x).block_until_ready()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+    print(json.dumps({"applied": applied, "faults_per_call": faults}))
+    """
+)
+
+
+def _probe(mode: str, env: dict | None = None) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True, timeout=120, env=env
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_freed_output_buffers_are_reused_instead_of_faulted_in_again():
+    pages_per_output = 64 * 1024 * 1024 // 4096
+    system = _probe("system")
+    kept = _probe("keep")
+    assert kept["applied"] is True
+    # The system allocator maps each 64 MiB output afresh (a fault per page); ours reuses the freed block.
+    assert system["faults_per_call"] > 0.5 * pages_per_output, system
+    assert kept["faults_per_call"] < 0.05 * pages_per_output, kept
+
+
+def test_opt_out_leaves_the_allocator_alone(monkeypatch):
+    import os
+
+    env = dict(os.environ, QAJAX_SYSTEM_ALLOCATOR="1")
+    result = _probe("keep", env)
+    assert result["applied"] is False
+    assert result["faults_per_call"] > 0.5 * 64 * 1024 * 1024 // 4096, result
