@@ -26,6 +26,9 @@ def test_report_schema_ratios_and_flops(tmp_path):
     assert report["config"]["train_flops_per_step"] == 3 * 4 * 16 * per_token
     train = by_name["qajax"]
     assert train["mfu"] == pytest.approx(3 * 4 * 16 * per_token / (train["step_ms"] / 1e3) / 1e12)
+    assert by_name["qajax-eval"]["mfu"] == pytest.approx(
+        4 * 16 * per_token / (by_name["qajax-eval"]["step_ms"] / 1e3) / 1e12
+    )
     bench.plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 5000
     assert "| qajax |" in bench.markdown(report)
@@ -53,6 +56,9 @@ def test_multitask_pcgrad_entry_splits_the_batch_over_three_tasks():
     report = bench.run(shape, ["qajax", "multitask-pcgrad"], steps=1, warmup=0, peak_flops=1e12, rounds=2)
     assert [r["name"] for r in report["results"]] == ["qajax", "multitask-pcgrad"]
     assert report["results"][1]["ratio"] > 0 and report["config"]["rounds"] == 2
+    # MFU is the plain step's model FLOPs over its time: not stated for a step doing other work.
+    assert report["results"][0]["mfu"] > 0 and report["results"][1]["mfu"] is None
+    assert "| multitask-pcgrad |" in bench.markdown(report)
 
 
 @pytest.mark.parametrize(
@@ -68,3 +74,10 @@ def test_multitask_pcgrad_entry_splits_the_batch_over_three_tasks():
 )
 def test_targets_are_judged_on_the_ratio(name, ratio, cell):
     assert bench.target_cell(name, ratio) == cell
+
+
+def test_a_target_stated_for_one_depth_is_not_judged_at_another():
+    assert bench.target_cell("freeze-top2", 0.47, num_layers=12) == "<= 0.50: met"
+    assert bench.target_cell("freeze-top2", 0.55, num_layers=12) == "<= 0.50: not met"
+    assert bench.target_cell("freeze-top2", 0.45, num_layers=6) == "<= 0.50 at 12 layers: n/a at 6"
+    assert bench.target_cell("sda", 1.2, num_layers=6) == "<= 1.40: met"
