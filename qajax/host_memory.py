@@ -7,8 +7,10 @@ free an `munmap`: every step then takes a page fault on each 4 KiB page of the b
 0.28 CPU-seconds of kernel time per MiniLM step on the 2-core reference machine, a fifth of the step).
 
 With one arena, no `mmap` for large blocks and no trimming of the heap top, a freed block stays mapped and the
-next run reuses it. The price is that the process keeps its peak host memory until it exits, which a training
-or benchmark process does anyway. Only glibc has these knobs; elsewhere this does nothing.
+next run reuses it. The prices: the process keeps its peak host memory until it exits, which a training or
+benchmark process does anyway, and with every thread on one arena XLA's multi-threaded compiles ran ~15%
+slower (6.2-6.6 s against 7.0-7.6 s for the MiniLM train step): a loss for a compile-bound test suite, a
+gain after a handful of steps. Only glibc has these knobs; elsewhere this does nothing.
 """
 
 from __future__ import annotations

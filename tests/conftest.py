@@ -5,7 +5,5 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-from qajax.host_memory import keep_freed_host_memory  # noqa: E402  (after the environment above)
-
-keep_freed_host_memory()  # as the `qajax` command does: steps reuse freed host buffers instead of faulting them in
+# Not keep_freed_host_memory(): the tests are compile-bound, and its single malloc arena made XLA's
+# multi-threaded compiles ~15% slower (the suite ~20%); it pays off only over many steps.
