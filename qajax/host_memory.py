@@ -30,19 +30,33 @@ _NEVER = -1  # for M_TRIM_THRESHOLD: never trim (mallopt(3))
 
 OPT_OUT_ENV = "QAJAX_SYSTEM_ALLOCATOR"  # set to 1 to leave the allocator as the system configured it
 
+# Device nodes of NVIDIA, AMD (ROCm) and TPU hosts: there the step's temporaries live in device memory.
+ACCELERATOR_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/accel0")
+
 _applied = False
+
+
+def steps_run_on_cpu(environ=os.environ, exists=os.path.exists) -> bool:
+    """Whether JAX will run the steps on the CPU: $JAX_PLATFORMS names cpu first, or (unset) the host has no
+    accelerator device node. Elsewhere the host allocator holds little of a step, and the single arena would
+    only slow compiles and host threads."""
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(exists(node) for node in ACCELERATOR_DEVICE_NODES)
 
 
 def keep_freed_host_memory() -> bool:
     """Configure glibc malloc to reuse freed blocks instead of returning them to the OS; True when it did.
 
     Call it before the first JAX computation: threads that already have an arena of their own keep it, and
-    their large blocks stay `mmap`-backed. Idempotent; a no-op off glibc or when $QAJAX_SYSTEM_ALLOCATOR=1.
+    their large blocks stay `mmap`-backed. Idempotent; a no-op off glibc, on accelerator hosts (see
+    `steps_run_on_cpu`) and when $QAJAX_SYSTEM_ALLOCATOR=1.
     """
     global _applied
     if _applied:
         return True
-    if os.environ.get(OPT_OUT_ENV, "") not in ("", "0"):
+    if os.environ.get(OPT_OUT_ENV, "") not in ("", "0") or not steps_run_on_cpu():
         return False
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from qajax.host_memory import steps_run_on_cpu
+
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="the allocator settings are glibc's"
 )
@@ -57,3 +59,19 @@ def test_opt_out_leaves_the_allocator_alone(monkeypatch):
     result = _probe("keep", env)
     assert result["applied"] is False
     assert result["faults_per_call"] > 0.5 * 64 * 1024 * 1024 // 4096, result
+
+
+@pytest.mark.parametrize(
+    "platforms, nodes, expected",
+    [
+        ("cpu", {"/dev/nvidiactl"}, True),  # told to run on the CPU: the GPU node does not matter
+        ("cuda,cpu", set(), False),
+        ("tpu", set(), False),
+        ("", set(), True),  # unset: decided by the device nodes
+        ("", {"/dev/nvidiactl"}, False),
+        ("", {"/dev/accel0"}, False),
+    ],
+)
+def test_applies_only_where_the_steps_run_on_the_cpu(platforms, nodes, expected):
+    environ = {"JAX_PLATFORMS": platforms} if platforms else {}
+    assert steps_run_on_cpu(environ, exists=lambda path: path in nodes) is expected
