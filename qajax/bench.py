@@ -185,6 +185,8 @@ def qajax_eval(shape: Shape, mode: str = "mesh"):
     if mode == "pmap":
         params = parallel.place_state(params)
     step = lambda params, batch: (params, {"train/loss": predict(params, batch)[0]})
+    if mode != "pmap":  # jitted (params passed through, donated: no copy) so that XLA reports its memory
+        step = jax.jit(step, donate_argnums=0)
     return step, params, parallel.place_batch(synthetic_batch(shape))
 
 
@@ -242,9 +244,16 @@ class Timed:
     """One entry's step, compiled and warmed up; `time(steps)` gives the mean seconds of `steps` more."""
 
     def __init__(self, step: Callable, state, batch, *, warmup: int, sync: Callable):
-        self.step, self.state, self.batch, self.sync = step, state, batch, sync
+        self.state, self.batch, self.sync = state, batch, sync
+        self.memory_bytes = None
         start = time.perf_counter()
-        self._run(1)
+        if hasattr(step, "lower"):  # a jitted step: compile ahead of time, and read its memory from XLA
+            step = step.lower(state, batch).compile()
+            self.memory_bytes = step_memory_bytes(step.memory_analysis())
+            self.step = step
+        else:  # eager (PyTorch) or a wrapper: the first call stands for the compile
+            self.step = step
+            self._run(1)
         self.compile_seconds = time.perf_counter() - start
         self._run(warmup)
 
@@ -259,6 +268,19 @@ class Timed:
         start = time.perf_counter()
         self._run(steps)
         return (time.perf_counter() - start) / steps
+
+
+def step_memory_bytes(analysis) -> int | None:
+    """Memory one step holds on each device at its peak, from XLA's buffer assignment: its inputs (state and batch),
+    its temporaries, and the outputs that do not reuse a donated input."""
+    if analysis is None:
+        return None
+    return int(
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+        + analysis.temp_size_in_bytes
+    )
 
 
 def measure_peak_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -323,15 +345,17 @@ def run(
         sync = (lambda m: float(m["train/loss"])) if name == "hf-pytorch" else jax.block_until_ready
         return Timed(*builders[name](), warmup=warmup, sync=sync)
 
-    seconds, compile_seconds = {}, {}
+    seconds, compile_seconds, memory_bytes = {}, {}, {}
     if rounds == 1:  # one entry in memory at a time
         for name in names:
             timed = prepare(name)
             seconds[name], compile_seconds[name] = timed.time(steps), timed.compile_seconds
+            memory_bytes[name] = timed.memory_bytes
             del timed
     else:
         entries = {name: prepare(name) for name in names}
         compile_seconds = {name: timed.compile_seconds for name, timed in entries.items()}
+        memory_bytes = {name: timed.memory_bytes for name, timed in entries.items()}
         for r in range(rounds):
             for name in names if r % 2 == 0 else names[::-1]:
                 seconds[name] = min(seconds.get(name, float("inf")), entries[name].time(steps))
@@ -349,6 +373,7 @@ def run(
                 "tokens_per_sec": shape.batch_size * shape.seq_len / seconds[name],
                 "step_ms": 1e3 * seconds[name],
                 "compile_seconds": compile_seconds[name],
+                "step_memory_bytes": memory_bytes[name],
                 "mfu": mfu,
             }
         )
@@ -406,15 +431,16 @@ def markdown(report: dict) -> str:
         f"shape: {json.dumps(shape)}; peak {report['config']['peak_flops'] / 1e9:.0f} GFLOP/s "
         f"({report['config']['peak_flops_source']}); host allocator: {report['config'].get('host_allocator', '?')}",
         "",
-        "| name | examples/s | tokens/s | step ms | ratio | target (ratio) | MFU | compile s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| name | examples/s | tokens/s | step ms | ratio | target (ratio) | MFU | compile s | MB per device |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        memory = "" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 2**20:.0f}"
         lines.append(
             f"| {r['name']} | {r['examples_per_sec']:.1f} | {r['tokens_per_sec']:.0f} | {r['step_ms']:.1f} | "
             f"{r['ratio']:.2f} | {target_cell(r['name'], r['ratio'], shape['num_layers'])} | {mfu} | "
-            f"{r['compile_seconds']:.1f} |"
+            f"{r['compile_seconds']:.1f} | {memory} |"
         )
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from qajax import bench
@@ -29,6 +30,12 @@ def test_report_schema_ratios_and_flops(tmp_path):
     assert by_name["qajax-eval"]["mfu"] == pytest.approx(
         4 * 16 * per_token / (by_name["qajax-eval"]["step_ms"] / 1e3) / 1e12
     )
+    # Step memory from XLA's buffer assignment: at least the train state (params and two Adam moments) and
+    # the batch; the forward alone holds less than the train step.
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(bench.qajax_step(shape)[1].params))
+    assert train["step_memory_bytes"] >= 3 * params
+    assert 0 < by_name["qajax-eval"]["step_memory_bytes"] < train["step_memory_bytes"]
+    assert by_name["hf-flax"]["step_memory_bytes"] >= 3 * params
     bench.plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 5000
     assert "| qajax |" in bench.markdown(report)
