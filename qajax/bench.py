@@ -247,12 +247,12 @@ class Timed:
         self.state, self.batch, self.sync = state, batch, sync
         self.memory_bytes = None
         start = time.perf_counter()
-        if hasattr(step, "lower"):  # a jitted step: compile ahead of time, and read its memory from XLA
+        jitted = hasattr(step, "lower")
+        if jitted:  # compile ahead of time, and read the step's memory from XLA
             step = step.lower(state, batch).compile()
             self.memory_bytes = step_memory_bytes(step.memory_analysis())
-            self.step = step
-        else:  # eager (PyTorch) or a wrapper: the first call stands for the compile
-            self.step = step
+        self.step = step
+        if not jitted:  # eager (PyTorch) or a wrapper: the first call stands for the compile
             self._run(1)
         self.compile_seconds = time.perf_counter() - start
         self._run(warmup)
