@@ -17,9 +17,9 @@ majority/zero baseline it prints beside them.
 
 import ml_collections
 
-from qajax.models.factory import pretrained_section
+from qajax.defaults import add_engine_sections
+from qajax.checkpoints.factory import pretrained_section
 from qajax.tasks.multitask.task import default_config as multitask_task
-from qajax.train.defaults import add_engine_sections
 
 
 def get_config():

@@ -8,7 +8,7 @@ Expected on 2 CPU cores: eval/exact (start and end right) from ~0 to above 90 wi
 
 import ml_collections
 
-from qajax.train.defaults import add_engine_sections
+from qajax.defaults import add_engine_sections
 
 
 def get_config():

@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from qajax import host_memory
 from qajax.models.config import EncoderConfig
+from qajax.models.flops import train_flops
 from qajax.models.heads import build_model, init_params
 from qajax.tasks.squad.loss import span_loss
 from qajax.train.parallel import PMAP_AXIS, Parallel
@@ -70,12 +71,8 @@ class Shape:
         )
 
     def train_flops(self) -> float:
-        """Model FLOPs of one train step (forward + backward = 3x forward), matmuls only: per token and
-        layer 2 * (4 H^2 + 2 H I) for the projections and 2 * 2 * T * H for scores and context."""
-        h, i, t = self.hidden_size, self.intermediate_size, self.seq_len
-        per_token_layer = 2 * (4 * h * h + 2 * h * i) + 4 * t * h
-        forward = self.batch_size * t * (self.num_layers * per_token_layer + 2 * h * 2)
-        return 3.0 * forward
+        """Model FLOPs of one train step (`qajax.models.flops.train_flops`)."""
+        return train_flops(self.encoder(), self.batch_size, self.seq_len)
 
 
 def synthetic_batch(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:

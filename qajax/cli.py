@@ -13,7 +13,7 @@ from qajax.errors import QajaxError
 
 def _import_hf(args) -> int:
     import qajax.hf
-    from qajax.models.saved import save_model
+    from qajax.checkpoints.saved import save_model
 
     _model, params, spec = qajax.hf.from_pretrained(args.src, head=args.head, num_labels=args.num_labels)
     out = save_model(args.out, spec, params, overwrite=args.overwrite)
@@ -23,7 +23,7 @@ def _import_hf(args) -> int:
 
 def _export_hf(args) -> int:
     import qajax.hf
-    from qajax.models.saved import load_model
+    from qajax.checkpoints.saved import load_model
 
     model, params, spec = load_model(args.ckpt)
     formats = tuple(f for f in args.formats.split(",") if f)
@@ -34,7 +34,7 @@ def _export_hf(args) -> int:
 
 def _train(args) -> int:
     from qajax import config as config_lib
-    from qajax.train.loop import train
+    from qajax.run import train
 
     config = config_lib.load(args.config, args.set)
     summary = train(config, args.workdir)
@@ -198,6 +198,32 @@ def _bench(args) -> int:
     return 0
 
 
+def _compile(args) -> int:
+    from qajax.compile.targets import quiet_host_for_compiles, resolve
+
+    quiet_host_for_compiles()
+    from qajax import config as config_lib
+    from qajax.compile import report as compile_report
+
+    target = resolve(args.target)  # an unknown target fails before the config is read
+    config = config_lib.load(args.config, args.set)
+    if args.max_batch:
+        result = compile_report.max_batch(config, target, limit=args.max_batch_limit)
+        print(json.dumps(result) if args.json else compile_report.max_batch_text(result, target))
+        return 0
+    result = compile_report.compile_config(config, target)
+    print(json.dumps(result) if args.json else compile_report.text(result))
+    if not result["fits"]:
+        over = result["per_device_memory_bytes"]["total"] - result["hbm_bytes_per_device"]
+        print(
+            f"qajax compile: error: {args.config} does not fit {target.name}: {over / 2**30:.2f} GiB per device over "
+            f"its {result['hbm_bytes_per_device'] / 2**30:.1f} GiB (try --max-batch, parallel.fsdp, model.remat)",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
+
+
 def _plot(args) -> int:
     from qajax.plots import plot_metrics
 
@@ -284,6 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object instead of the markdown table")
     p.add_argument("--png", default=None, help="also write a bar chart here")
     p.set_defaults(run=_bench)
+
+    p = commands.add_parser(
+        "compile",
+        help="compile a config's train and eval steps ahead of time for an absent TPU/GPU: memory, roofline MFU",
+        description="Compiles the real train step (and eval step) of CONFIG for TARGET on this machine, without "
+        "the hardware, data or weights, and reports memory per device, whether it fits, XLA's FLOPs and bytes, the "
+        "roofline bound on MFU, the attention kernel and the collectives.",
+        epilog="example: qajax compile configs/squad_bert_base.py --target v5e:2x2 --json",
+    )
+    p.add_argument("config", help="configs/NAME.py, optionally with :arg")
+    p.add_argument(
+        "--target",
+        required=True,
+        help="a TPU topology (v4:2x2x1, v5e:2x2, v5p:2x2x1, v6e:2x2, v5p:4x4x4, v5e:16x16, ...; needs qajax[tpu]), "
+        "h100 or a100 (needs qajax[cuda]), or a target .json file",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--max-batch", action="store_true", help="find the largest examples per device that fit")
+    p.add_argument("--max-batch-limit", type=int, default=4096, help="upper bound of the --max-batch search")
+    p.set_defaults(run=_compile)
 
     p = commands.add_parser("plot", help="training curves of a workdir's metrics.jsonl as a PNG")
     p.add_argument("workdir")

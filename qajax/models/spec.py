@@ -11,6 +11,8 @@ from qajax.models.config import EncoderConfig
 from qajax.models.heads import HEADS, build_model
 from qajax.models.layer_heads import SPAN_HEADS
 
+SPEC_FILE = "spec.json"  # beside a model's params and in every training workdir
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:

@@ -57,18 +57,52 @@ def predict_logits(forward):
 def span_task(spec, params, *, start_weight: float, end_weight: float, make_predict=predict_logits, **task_fields):
     """A Task for a span-QA model: the shared forward, loss and logits, the task's own data and evaluation;
     `make_predict(forward)` gives the per-example outputs evaluation needs."""
-    from qajax.tasks.base import Task
+    from qajax.train.task import Task
 
     model = spec.build()
     forward = make_forward(model)
     return Task(
         spec=spec,
         model=model,
-        initial_params=jax.tree.map(np.asarray, params),
+        initial_params=params if _is_abstract(params) else jax.tree.map(np.asarray, params),
         forward=forward,
         output_loss=make_output_loss(start_weight, end_weight),
         logits=span_logits,
         predict_fn=make_predict(forward),
         make_predict=make_predict,
+        label_keys=LABELS,
         **task_fields,
     )
+
+
+def _is_abstract(params) -> bool:
+    return all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(params))
+
+
+def span_task_for_shapes(config, seq_len: int):
+    """(task, batch_shapes) with no data and no weights: the model from the config's architecture (or a
+    pretrained folder's config alone), params as shapes; `batch_shapes(num_examples)` gives one batch's
+    ShapeDtypeStructs. What `qajax compile` builds the step from."""
+    from qajax.checkpoints.factory import spec_for_shapes
+    from qajax.models.heads import init_params
+
+    t = config.task
+    spec = spec_for_shapes(config.model, "qa", span_head=t.span_head)
+    params = jax.eval_shape(lambda: init_params(spec.build(), jax.random.key(0)))
+    task = span_task(
+        spec,
+        params,
+        start_weight=t.start_weight,
+        end_weight=t.end_weight,
+        train_arrays={},
+        eval_arrays=None,
+        evaluate=None,
+        tokens_per_example=seq_len,
+    )
+
+    def batch_shapes(num_examples: int) -> dict:
+        tokens = jax.ShapeDtypeStruct((num_examples, seq_len), np.int32)
+        labels = jax.ShapeDtypeStruct((num_examples,), np.int32)
+        return {**{k: tokens for k in MODEL_INPUTS}, **{k: labels for k in LABELS}}
+
+    return task, batch_shapes

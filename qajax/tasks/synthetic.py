@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qajax.models.factory import load_or_init
-from qajax.tasks.base import Task
+from qajax.checkpoints.factory import load_or_init
 from qajax.tasks.span import span_task
+from qajax.train.task import Task
 
 PAD, OPEN, CLOSE, FIRST_WORD = 0, 3, 4, 5
 
@@ -66,3 +66,10 @@ def build(config) -> Task:
         evaluate=evaluate,
         tokens_per_example=t.seq_len,
     )
+
+
+def build_for_shapes(config):
+    """The task without data or weights, for ahead-of-time compiles (see `span_task_for_shapes`)."""
+    from qajax.tasks.span import span_task_for_shapes
+
+    return span_task_for_shapes(config, config.task.seq_len)

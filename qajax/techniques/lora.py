@@ -77,11 +77,16 @@ def merge_adapters(params, scale: float) -> dict:
     return tree.unflatten(out)
 
 
+def adapter_scale(section) -> float:
+    """alpha / rank: how much of A @ B a section's adapters add (training, merging and export use this)."""
+    return float(section["alpha"]) / int(section["rank"])
+
+
 class LoRA:
     name = "lora"
 
-    def __init__(self, targets: list[re.Pattern], rank: int, alpha: float, dropout: float, train_head, seed, family):
-        self.targets, self.rank, self.scale = targets, rank, alpha / rank
+    def __init__(self, targets: list[re.Pattern], rank: int, scale: float, dropout: float, train_head, seed, family):
+        self.targets, self.rank, self.scale = targets, rank, scale
         self.dropout, self.train_head, self.seed, self.family = dropout, train_head, seed, family
 
     def targeted(self, params) -> list[str]:
@@ -177,7 +182,7 @@ def build(config: ml_collections.ConfigDict, task) -> LoRA:
         raise ConfigError(f"{KEY}.targets: {error.pattern!r} is not a valid regex ({error})") from error
     family = task.spec.encoder.family
     return LoRA(
-        targets, config.rank, float(config.alpha), float(config.dropout), config.train_head, config.seed, family
+        targets, config.rank, adapter_scale(config), float(config.dropout), config.train_head, config.seed, family
     )
 
 

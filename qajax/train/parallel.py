@@ -45,8 +45,9 @@ def init_distributed(coordinator_address: str | None, num_processes: int | None,
         )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
-    devices = np.array(jax.devices())
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+    """A ("data", "fsdp") mesh over `devices` (default: every device of every process)."""
+    devices = np.array(jax.devices() if devices is None else devices)
     if data == -1:
         if devices.size % fsdp:
             raise ConfigError(f"parallel.fsdp={fsdp} does not divide the {devices.size} devices")
@@ -77,17 +78,35 @@ class Parallel:
     fsdp: int = 1
     fsdp_min_size: int = 2**14
     accumulation_steps: int = 1
+    # None: this run's devices. A device list of an absent target (a TPU topology, an H100 description)
+    # lets `qajax compile` build the same step ahead of time; such a layout compiles but never runs.
+    devices: list | None = None
 
     def __post_init__(self):
         if self.mode not in ("mesh", "pmap"):
             raise ConfigError(f"parallel.mode={self.mode!r}: expected 'mesh' or 'pmap'")
-        if self.mode == "pmap" and jax.process_count() > 1:
+        if self.mode == "pmap" and self.process_count > 1:
             raise ConfigError("parallel.mode='pmap' is single-host; use 'mesh' on several hosts")
-        self.mesh = make_mesh(self.data, self.fsdp) if self.mode == "mesh" else None
+        self.mesh = make_mesh(self.data, self.fsdp, self.devices) if self.mode == "mesh" else None
+
+    @property
+    def all_devices(self) -> list:
+        return jax.devices() if self.devices is None else list(self.devices)
+
+    @property
+    def local_devices(self) -> list:
+        """This process's devices (of a target: those of process 0, as its first host would see them)."""
+        if self.devices is None:
+            return jax.local_devices()
+        return [d for d in self.devices if d.process_index == 0]
+
+    @property
+    def process_count(self) -> int:
+        return jax.process_count() if self.devices is None else len({d.process_index for d in self.devices})
 
     @property
     def num_batch_shards(self) -> int:
-        return jax.device_count() if self.mode == "mesh" else jax.local_device_count()
+        return len(self.all_devices) if self.mode == "mesh" else len(self.local_devices)
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -157,7 +176,7 @@ class Parallel:
         """Shapes, dtypes and shardings of `make_state(*args)` (what a checkpoint restores into)."""
         shapes = jax.eval_shape(make_state, *args)
         if self.mode == "pmap":
-            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            device = jax.sharding.SingleDeviceSharding(self.local_devices[0])
             shardings = jax.tree.map(lambda _: device, shapes)
         else:
             shardings = self.state_shardings(shapes)

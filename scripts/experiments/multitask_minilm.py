@@ -47,9 +47,9 @@ def run(workdir: str | Path, overrides=(), *, command: str = "") -> dict:
     """Trains SETTINGS (then `overrides`) in `workdir`; returns the scores, the baseline on the same rows,
     the seconds and the command."""
     from qajax import config as config_lib
+    from qajax.run import train
     from qajax.tasks.multitask import data, metrics, report
     from qajax.tasks.multitask.task import subset
-    from qajax.train.loop import train
 
     workdir = Path(workdir)
     overrides = [*SETTINGS, f"task.predictions_dir={workdir / 'predictions'}", *overrides]

@@ -117,9 +117,9 @@ def run(workdir: str | Path, overrides=(), *, report: str | Path | None = REPORT
     from qajax import config as config_lib
     from qajax.errors import ConfigError
     from qajax.pretrained import MINILM_INSTALL, minilm_dir
+    from qajax.run import train
     from qajax.tasks.squad.task import read_splits
     from qajax.train.logs import METRICS_FILE, read_metrics
-    from qajax.train.loop import train
 
     workdir = Path(workdir)
     if workdir.exists() and any(workdir.iterdir()):

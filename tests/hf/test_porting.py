@@ -9,10 +9,10 @@ import pytest
 
 import qajax.hf
 from qajax import tree
+from qajax.checkpoints.saved import load_model
 from qajax.cli import main as cli_main
 from qajax.errors import CheckpointError
 from qajax.hf import weights
-from qajax.models.saved import load_model
 from tests.reference import CASES, batch, case_params, hf_class, hf_config
 
 torch = pytest.importorskip("torch", reason="PyTorch parity needs the test extra (torch==2.13.0 CPU)")

@@ -9,14 +9,14 @@ import pytest
 
 from qajax import config as config_lib
 from qajax import tree
+from qajax.checkpoints.factory import load_or_init
+from qajax.checkpoints.saved import load_model, save_model
 from qajax.errors import CheckpointError, ConfigError
 from qajax.models.config import EncoderConfig
-from qajax.models.factory import load_or_init
 from qajax.models.heads import build_model, init_params
 from qajax.models.layer_heads import SPAN_HEADS, attend_over_layers
-from qajax.models.saved import load_model, save_model
 from qajax.models.spec import ModelSpec
-from qajax.tasks.base import build_task
+from qajax.tasks import build_task
 from qajax.tasks.span import LABELS, MODEL_INPUTS
 from qajax.train import loop
 

@@ -253,8 +253,8 @@ def test_training_moves_only_adapters_and_head_and_the_export_loads_in_transform
 def test_export_hf_of_a_lora_run_merges_its_adapters_and_a_prompt_run_is_refused(tmp_path):
     from qajax import cli
     from qajax import config as config_lib
-    from qajax.models.saved import TRAINING_CHECKPOINTS, _training_params, load_model
-    from qajax.train.loop import train
+    from qajax.checkpoints.saved import TRAINING_CHECKPOINTS, _training_params, load_model
+    from qajax.run import train
 
     def run(name, *overrides):
         base = ("train.steps=3", "train.log_every=1", "checkpoint.asynchronous=false", "log.progress=false",

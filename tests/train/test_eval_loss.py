@@ -3,9 +3,9 @@
 import jax
 import numpy as np
 
-from qajax.tasks.base import build_task
+from qajax.run import train
+from qajax.tasks import build_task
 from qajax.train.logs import read_metrics
-from qajax.train.loop import train
 from tests.train.tiny import tiny_config
 
 

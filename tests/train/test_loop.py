@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from qajax import config as config_lib
-from qajax.models.saved import read_spec
+from qajax.checkpoints.saved import read_spec
+from qajax.run import train
 from qajax.train.logs import METRICS_FILE, read_metrics
-from qajax.train.loop import CHECKPOINT_DIR, train
+from qajax.train.loop import CHECKPOINT_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 # 200 steps (the config's default) logged every step, checkpoints every 7 steps (off the eval interval).
@@ -240,10 +241,11 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
 
 
 def test_fed_size_counts_every_task_of_a_step_at_its_width():
-    from qajax.train.loop import fed_size
+    from qajax.tasks.multitask.task import count_fed
+    from qajax.train.task import count_input_ids
 
     plain = {"input_ids": np.zeros((4, 24), np.int32), "attention_mask": np.zeros((4, 24), np.int32)}
-    assert fed_size(plain, 4, tokens_per_example=128) == (4, 4 * 24)
+    assert count_input_ids(plain, 4, tokens_per_example=128) == (4, 4 * 24)
     together = {"sst/input_ids": np.zeros((4, 16)), "quora/input_ids": np.zeros((4, 2, 32)), "sst/labels": np.ones(4)}
-    assert fed_size(together, 4, tokens_per_example=128) == (8, 4 * (16 + 32))
-    assert fed_size({"features": np.zeros((4, 3))}, 4, tokens_per_example=10) == (4, 40)
+    assert count_fed(together, 4, tokens_per_example=128) == (8, 4 * (16 + 32))
+    assert count_input_ids({"features": np.zeros((4, 3))}, 4, tokens_per_example=10) == (4, 40)

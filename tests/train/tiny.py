@@ -1,7 +1,7 @@
 """A tiny span-QA task built from configs/tiny.py, for tests of the machinery."""
 
 from qajax import config as config_lib
-from qajax.tasks.base import build_task
+from qajax.tasks import build_task
 
 
 def tiny_config(*overrides: str):

@@ -16,15 +16,15 @@ import ml_collections
 import numpy as np
 
 from qajax import tree
+from qajax.checkpoints.factory import load_or_init
 from qajax.errors import ConfigError
-from qajax.models.factory import load_or_init
 from qajax.models.merge import merge_params
-from qajax.tasks.base import Task
 from qajax.tasks.multitask import data, losses, metrics, report
 from qajax.tasks.multitask.features import featurize
 from qajax.tasks.multitask.model import FORMS, POOLINGS, HeadSpec, MultitaskModel, init_params
 from qajax.tasks.multitask.pcgrad import pcgrad_loss
 from qajax.tasks.multitask.schedule import SCHEDULES, MultitaskBatches
+from qajax.train.task import Task
 
 log = logging.getLogger(__name__)
 TASKS = ("sst", "quora", "sts")
@@ -212,6 +212,16 @@ def tasks_in(batch) -> list[str]:
     return sorted({k.split("/")[0] for k in batch if "/" in k and k.endswith("/input_ids")})
 
 
+def count_fed(batch: dict, batch_size: int, tokens_per_example: int) -> tuple[int, int]:
+    """(examples, tokens) of one step: `batch_size` examples for every task's `{name}/input_ids` in the batch
+    (schedule "together" has one per task), each at its own width; a pair encoded apart ([N, 2, T]) counts
+    one sentence."""
+    widths = [batch[f"{name}/input_ids"].shape[-1] for name in tasks_in(batch)]
+    if not widths:
+        return batch_size, batch_size * tokens_per_example
+    return batch_size * len(widths), batch_size * sum(widths)
+
+
 def build(config) -> Task:
     t = config.task
     if t.schedule not in SCHEDULES:
@@ -293,6 +303,7 @@ def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_o
         evaluate=MultitaskEvaluation(specs, eval_examples, t.predictions_dir) if held_out else None,
         predict_fn=make_predict(forward),
         tokens_per_example=t.max_seq_length,
+        count_fed=count_fed,
         make_predict=make_predict,
         make_train_batches=make_train_batches,
         eval_sets=held_out or None,

@@ -20,7 +20,7 @@ def load_qa_model(path: str | Path, **runtime):
     """(model, params, spec) from a training workdir, a qajax model checkpoint or an HF folder."""
     path = Path(path)
     if (path / "spec.json").is_file():
-        from qajax.models.saved import load_model
+        from qajax.checkpoints.saved import load_model
 
         model, params, spec = load_model(path, **runtime)
     else:
@@ -39,7 +39,7 @@ def dev_null_threshold(path: str | Path, step: int | None = None) -> tuple[float
     a run without dev articles or without an evaluation at that step."""
     import math
 
-    from qajax.models.saved import training_step
+    from qajax.checkpoints.saved import training_step
     from qajax.train.logs import METRICS_FILE, read_metrics
 
     path = Path(path)

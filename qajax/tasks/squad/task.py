@@ -9,15 +9,15 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from qajax.checkpoints.factory import load_or_init
 from qajax.data.epochs import PerEpochBatches, fit_rows
 from qajax.errors import ConfigError
-from qajax.models.factory import load_or_init
-from qajax.tasks.base import Task
 from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
 from qajax.tasks.squad import data, metric, postprocess
 from qajax.tasks.squad.eda import EdaConfig, augment_examples
 from qajax.tasks.squad.features import FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
+from qajax.train.task import Task
 
 log = logging.getLogger(__name__)
 GENERATED = "generated"  # task.train_file / eval_file: the run-time generated data set of the demo
@@ -264,3 +264,10 @@ def build(config) -> Task:
         evaluate=evaluate,
         tokens_per_example=t.max_seq_length,
     )
+
+
+def build_for_shapes(config):
+    """The task without data or weights, for ahead-of-time compiles (see `span_task_for_shapes`)."""
+    from qajax.tasks.span import span_task_for_shapes
+
+    return span_task_for_shapes(config, config.task.max_seq_length)

@@ -9,10 +9,10 @@ import pytest
 
 from qajax import tree
 from qajax.errors import ConfigError
-from qajax.tasks.base import build_task
+from qajax.run import train
+from qajax.tasks import build_task
 from qajax.tasks.multitask import data
 from qajax.techniques import apply_techniques
-from qajax.train.loop import train
 from tests.tasks.multitask.tiny import tiny_config
 
 SLOW = pytest.mark.slow  # each form builds and compiles its own model: ~20 s apiece on a busy 2-core machine
@@ -98,7 +98,7 @@ def test_shuffled_schedule_learns_and_compiles_once_per_task(tmp_path):
 def test_smart_and_freezing_apply_to_multitask(tmp_path):
     """SMART perturbs every task's inputs (the divergences of classes, a binary logit and a regression) and
     freezing keeps the embeddings and the bottom layer bitwise as they started."""
-    from qajax.models.saved import _training_params
+    from qajax.checkpoints.saved import _training_params
 
     config = tiny_config(
         tmp_path,

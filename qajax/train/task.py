@@ -1,4 +1,5 @@
-"""What a task hands the training loop: data as arrays, a model, a loss, an evaluation. Nothing else."""
+"""The Task contract: what a task hands the engine. Data as arrays, a model, a loss, an evaluation; the
+engine (loop, step, evaluator, checkpoints) reads these fields and knows nothing else about the task."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ from collections.abc import Callable
 import flax.linen as nn
 import numpy as np
 
-from qajax.errors import ConfigError
+from qajax.data.batches import BatchIterator
 from qajax.models.spec import ModelSpec
 from qajax.train.step import LossFn
+
+
+def count_input_ids(batch: dict, batch_size: int, tokens_per_example: int) -> tuple[int, int]:
+    """(examples, tokens) of one step as fed: `batch_size` examples at the width of `input_ids` (batches
+    trimmed by length count their own width; widths only, since the placed arrays' leading axes differ by
+    parallel mode); a batch without `input_ids` counts `batch_size` examples of `tokens_per_example`."""
+    if "input_ids" not in batch:
+        return batch_size, batch_size * tokens_per_example
+    return batch_size, batch_size * batch["input_ids"].shape[-1]
 
 
 @dataclasses.dataclass
@@ -26,10 +36,14 @@ class Task:
     logits: Callable
     train_arrays: dict[str, np.ndarray]  # [num_examples, ...] each
     eval_arrays: dict[str, np.ndarray] | None
-    # (predict_fn(params, batch) -> outputs, eval_arrays, outputs gathered in order) -> {"eval/...": value}
+    # (outputs gathered in order, eval_arrays) -> {"eval/...": value}
     evaluate: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, float]] | None
     predict_fn: Callable | None  # params, batch -> per-example outputs (jit-able)
     tokens_per_example: int  # padded sequence length, for tokens/sec
+    # Batch keys only the loss reads (labels): eval data that carries them also reports eval/loss.
+    label_keys: tuple[str, ...] = ()
+    # (batch, batch_size, tokens_per_example) -> (examples, tokens) fed to one step, for examples/s.
+    count_fed: Callable[[dict, int, int], tuple[int, int]] = count_input_ids
     make_predict: Callable | None = None  # forward -> predict_fn: rebuilt when techniques wrap the forward
     # A task with its own batch order (multitask schedules): make_train_batches(**iterator_args) -> an
     # iterator with `steps_per_epoch` that resumes from `position=` as BatchIterator does. None: BatchIterator
@@ -50,9 +64,14 @@ class Task:
         """The training batches, from `BatchIterator`'s arguments (global_batch_size, seed, position, ...)."""
         if self.make_train_batches is not None:
             return self.make_train_batches(**iterator_args)
-        from qajax.data.batches import BatchIterator
-
         return BatchIterator(self.train_arrays, **iterator_args)
+
+    def fed_size(self, batch: dict, batch_size: int) -> tuple[int, int]:
+        return self.count_fed(batch, batch_size, self.tokens_per_example)
+
+    @property
+    def has_labelled_eval(self) -> bool:
+        return bool(self.label_keys) and self.eval_arrays is not None and set(self.label_keys) <= set(self.eval_arrays)
 
     @property
     def loss_fn(self) -> LossFn:
@@ -62,20 +81,3 @@ class Task:
             return self.output_loss(self.forward(params, batch, rng, deterministic=False), batch)
 
         return loss_fn
-
-
-def build_task(config) -> Task:
-    name = config.task.name
-    if name == "synthetic_span":
-        from qajax.tasks.synthetic import build
-
-        return build(config)
-    if name == "squad":
-        from qajax.tasks.squad.task import build
-
-        return build(config)
-    if name == "multitask":
-        from qajax.tasks.multitask.task import build
-
-        return build(config)
-    raise ConfigError(f"task.name={name!r}: expected one of ('synthetic_span', 'squad', 'multitask')")

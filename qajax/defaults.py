@@ -14,6 +14,8 @@ def add_engine_sections(config: ml_collections.ConfigDict) -> ml_collections.Con
     config.train.steps = 200  # 0: use train.epochs
     config.train.epochs = 0.0
     config.train.batch_size = 32  # global, over all devices and processes
+    # > 0: the global batch is this many examples per device (x accumulation_steps), whatever the device count
+    config.train.per_device_batch_size = 0
     config.train.accumulation_steps = 1  # micro-batches per step (batch_size / accumulation each)
     config.train.eval_batch_size = 64  # global; the last batch is padded, never a new shape
     # > 0: batches of similar lengths, trimmed to a multiple of this (e.g. 64); one compile per length

@@ -67,7 +67,7 @@ def load_or_init(
     runtime = dict(values)
     path = _resolve(source)
     if (path / "spec.json").is_file():
-        from qajax.models.saved import load_model
+        from qajax.checkpoints.saved import load_model
 
         _, params, spec = load_model(path, **runtime)
         if spec.head != head:
@@ -81,6 +81,28 @@ def load_or_init(
         path, head=head, num_labels=num_labels, seed=seed, span_head=span_head, **runtime
     )
     return spec, params
+
+
+def spec_for_shapes(model_config, head: str, *, num_labels: int = 2, span_head: str = "linear") -> ModelSpec:
+    """The spec `load_or_init` would give, read without any weights: the architecture keys of a random
+    init, or a pretrained folder's spec.json / config.json alone (what `qajax compile` needs)."""
+    values = {k: v for k, v in model_config.items() if k not in _NOT_ENCODER}
+    source = model_config.get("pretrained") or ""
+    if not source:
+        return ModelSpec(EncoderConfig(**values), head, num_labels, span_head=span_head)
+    path = _resolve(source)
+    if (path / "spec.json").is_file():
+        spec = ModelSpec.read(path / "spec.json")
+        return spec.replace(encoder=spec.encoder.replace(**values), span_head=span_head)
+    import json
+
+    from qajax.hf.config_map import encoder_config_from_hf
+
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model.pretrained={source!r}: no spec.json or config.json in {path}")
+    encoder = encoder_config_from_hf(json.loads(config_file.read_text()), source=str(config_file), **values)
+    return ModelSpec(encoder, head, num_labels, span_head=span_head)
 
 
 def _new_span_head(spec: ModelSpec, params, span_head: str, seed: int, source: str) -> tuple[ModelSpec, dict]:

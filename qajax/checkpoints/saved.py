@@ -16,9 +16,8 @@ from qajax import tree
 from qajax.errors import CheckpointError
 from qajax.files import atomic_directory
 from qajax.models import layout
-from qajax.models.spec import ModelSpec
+from qajax.models.spec import SPEC_FILE, ModelSpec
 
-SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
 
@@ -101,7 +100,7 @@ def _plain_params(workdir: Path, params: dict) -> dict:
     section = config_lib.read_saved(workdir).get("techniques", {}).get("lora")
     if section is None:
         raise CheckpointError(f"{workdir}: params carry LoRA adapters but config.json has no techniques.lora")
-    return lora.merge_adapters(params, scale=float(section["alpha"]) / int(section["rank"]))
+    return lora.merge_adapters(params, scale=lora.adapter_scale(section))
 
 
 def training_step(ckpt_dir: str | Path, step: int | None = None) -> int | None:
