@@ -3,7 +3,8 @@ collectives, and an estimate of the bytes it moves to and from device memory.
 
 The byte estimate counts, for every instruction the program runs (fusions, custom calls such as cuBLAS and
 cuDNN kernels, copies, collectives), the bytes of its operands and its result: XLA keeps what happens inside
-a fusion on chip, so these are its memory accesses. Loops count their trip count times; of a conditional's
+a fusion on chip, so these are its memory accesses (an async `*-start`, whose result holds its operands
+beside its output, counts the output: the slice or copy it moves; `*-done` nothing). Loops count their trip count times; of a conditional's
 branches the largest counts. It is what `qajax compile` reports where XLA's cost analysis gives none
 (deviceless GPU compiles), and it is checked against XLA's own figure on TPU compiles.
 """
@@ -23,8 +24,7 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*?) ([a-z][a-z0-9\-]
 HEADER_PARAMETER = re.compile(r"([\w.\-]+): ((?:\([^)]*\))|[^,)]+)")
 COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id", "replica-id"}
-FREE |= {"all-reduce-done", "all-gather-done", "collective-permute-done", "copy-done", "async-done", "send-done"}
-FREE |= {"recv-done", "opt-barrier", "iota"}
+FREE |= {"opt-barrier", "iota"}
 COLLECTIVES = {
     "all-reduce": "all-reduce",
     "all-reduce-start": "all-reduce",
@@ -119,10 +119,13 @@ def program_stats(hlo_text: str) -> ProgramStats:
                 if branches:
                     stats.add(max(branches, key=lambda s: s.bytes_accessed))
                 continue
-            if opcode in FREE:
+            if opcode in FREE or opcode.endswith("-done"):
                 continue
             operands = re.findall(r"%([\w.\-]+)", _operands(rest))
-            moved = sizes[result_name] + sum(sizes.get(o, 0) for o in operands)
+            if opcode.endswith("-start"):  # an async op's result holds its operands and its output: the output
+                moved = max(0, sizes[result_name] - sum(sizes.get(o, 0) for o in operands))
+            else:
+                moved = sizes[result_name] + sum(sizes.get(o, 0) for o in operands)
             stats.bytes_accessed += moved
             kind = COLLECTIVES.get(opcode)
             if kind:

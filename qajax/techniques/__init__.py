@@ -1,17 +1,11 @@
-"""Fine-tuning techniques as small transforms around the task and the step (see ../shared/STYLE.md).
+"""Fine-tuning techniques as small transforms around the task and the step (see ../shared/STYLE.md and the
+interface every technique implements, `qajax.techniques.base.Technique`).
 
-A technique is built from its config section and the task, and may contribute any of these hooks:
-
-    prepare_params(params) -> params           parameter surgery before training (LoRA adapters, prompts)
-    wrap_forward(forward) -> forward           how params reach the model (LoRA merge, prompt prepend)
-    bind(task)                                 receives the final task (wrapped forward) before wrap_loss
-    wrap_loss(loss_fn) -> loss_fn              loss transforms (distillation, SMART, L2)
-    init_extras(params) -> dict                its state in `TrainState.extras[name]` (teachers, ...)
-    update_extras(extras, params, step)        updated inside the compiled step after each update
-    frozen_patterns(params) -> [regex]         parameters the optimizer must not touch
-    finalize_params(params) -> params          back to plain model params for export (LoRA merge)
-
-`apply_techniques` wires them in the one place the loop calls; the step and the loop know none of them.
+Order. Techniques apply in the order of REGISTRY below, whatever order a config lists them in:
+parameter surgery (`prepare_params`) and forward wraps in that order, so LoRA's adapters exist before a
+prompt is prepended and freezing sees both; loss transforms wrap the task loss innermost first in that
+order, so SDA/SDV distil the task loss, L2 is added around them and SMART, outermost, smooths all of it;
+`finalize_params` undoes the parameter surgery in reverse. `apply_techniques` is the one place this happens.
 """
 
 from __future__ import annotations
@@ -22,6 +16,7 @@ import importlib
 import ml_collections
 
 from qajax.errors import ConfigError
+from qajax.techniques.base import Technique
 
 # config section name -> (module, builder, default config function)
 REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -47,19 +42,14 @@ def techniques_section() -> ml_collections.ConfigDict:
     return section
 
 
-def build_techniques(config, task) -> list:
-    """The techniques whose config section is enabled, in a fixed order (param transforms first)."""
-    section = config.get("techniques") if "techniques" in config else None
-    if section is None:
-        return []
-    built = []
+def build_techniques(config, task) -> list[Technique]:
+    """The techniques whose config section is enabled, in REGISTRY's order (see the module docstring)."""
+    section = config.techniques
     for name in section:
         if name not in REGISTRY:
             raise ConfigError(f"techniques.{name}: unknown technique; expected one of {sorted(REGISTRY)}")
-        if not section[name].get("enabled", False):
-            continue
-        built.append(getattr(_module(name), REGISTRY[name][1])(section[name], task))
-    return built
+    return [getattr(_module(name), REGISTRY[name][1])(section[name], task) for name in REGISTRY
+            if name in section and section[name].enabled]  # fmt: skip
 
 
 def apply_techniques(task, techniques, optimizer_config):
@@ -68,15 +58,12 @@ def apply_techniques(task, techniques, optimizer_config):
     inside the state's creation)."""
     params, forward = task.initial_params, task.forward
     for t in techniques:
-        if hasattr(t, "prepare_params"):
-            params = t.prepare_params(params)
+        params = t.prepare_params(params)
     for t in techniques:
-        if hasattr(t, "wrap_forward"):
-            forward = t.wrap_forward(forward)
+        forward = t.wrap_forward(forward)
     frozen = list(optimizer_config.frozen)
     for t in techniques:
-        if hasattr(t, "frozen_patterns"):
-            frozen.extend(t.frozen_patterns(params))
+        frozen.extend(t.frozen_patterns(params))
     optimizer_config = optimizer_config.copy_and_resolve_references()
     with optimizer_config.unlocked():
         optimizer_config.frozen = tuple(dict.fromkeys(frozen))
@@ -86,14 +73,16 @@ def apply_techniques(task, techniques, optimizer_config):
     predict_fn = task.make_predict(forward) if task.make_predict else task.predict_fn
     task = dataclasses.replace(task, initial_params=params, forward=forward, predict_fn=predict_fn)
     for t in techniques:
-        if hasattr(t, "bind"):
-            t.bind(task)
-    init_extras = lambda p: {t.name: t.init_extras(p) for t in techniques if hasattr(t, "init_extras")}
+        t.bind(task)
+
+    def init_extras(params) -> dict:
+        states = {t.name: t.init_extras(params) for t in techniques}
+        return {name: state for name, state in states.items() if state is not None}
+
     return task, optimizer_config, init_extras
 
 
-def finalize_params(techniques, params):
+def finalize_params(techniques: list[Technique], params):
     for t in reversed(techniques):
-        if hasattr(t, "finalize_params"):
-            params = t.finalize_params(params)
+        params = t.finalize_params(params)
     return params

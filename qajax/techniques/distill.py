@@ -25,11 +25,9 @@ K=3: ~1.3 GB read, well under a millisecond of an accelerator's step).
 Memory: `window` float32 copies of the params in the state and in checkpoints (BERT-base: 0.44 GB each).
 
 Reusing the student's outputs. Distillation needs the student's logits from the same dropout pass as the
-task loss, but the inner loss function returns only (loss, aux). The technique wraps the forward
-(`wrap_forward`) to remember, while its own loss runs, the training-mode call that receives the loss's own
-rng: the task loss's student pass. Its outputs are reused, so the student runs forward and backward once and
-every loss transform inside this one (L2, ...) stays in the loss. If the inner loss made no such call, or
-several (ambiguous), the student pass runs again here: right, but at the cost of a second forward and backward.
+task loss: the task loss returns its model outputs in aux (`MODEL_OUTPUTS`), and every loss transform inside
+this one passes them on, so the student runs forward and backward once. A loss without them (multitask's
+PCGrad makes one pass per task) gets the student pass run again here: right, at the cost of a second pass.
 """
 
 from __future__ import annotations
@@ -39,7 +37,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from qajax.errors import ConfigError
-from qajax.techniques.inner_pass import InnerPass
+from qajax.techniques.base import Technique
+from qajax.train.step import MODEL_OUTPUTS
 
 MODES = ("window", "ema")
 
@@ -101,14 +100,13 @@ def distill_mse(student, teacher, batch) -> jax.Array:
     return jnp.sum(per_example * example_weight) / jnp.maximum(jnp.sum(example_weight), 1.0)
 
 
-class _SelfDistill:
+class _SelfDistill(Technique):
     """The loss form and the snapshot ring buffer; subclasses say how snapshots become teacher logits."""
 
-    name: str
+    kind = "loss"
 
     def __init__(self, task, *, weight: float, window: int, snapshot_every: int):
         self.task, self.weight, self.window, self.snapshot_every = task, weight, window, snapshot_every
-        self._student_pass = InnerPass()
 
     def bind(self, task):
         self.task = task  # the final forward (LoRA merge, prompts): the teacher runs what the student runs
@@ -124,12 +122,10 @@ class _SelfDistill:
         put = lambda buffer, p: buffer.at[slot].set(jnp.where(take, p.astype(buffer.dtype), buffer[slot]))
         return {"snapshots": jax.tree.map(put, own["snapshots"], params), "count": own["count"] + take}
 
-    def wrap_forward(self, forward):
-        return self._student_pass.wrap_forward(forward)  # the task loss's student pass: reused
-
     def wrap_loss(self, loss_fn):
         def distilled(params, batch, rng, extras):
-            loss, aux, student = self._student_pass.run(loss_fn, params, batch, rng, extras)
+            loss, aux = loss_fn(params, batch, rng, extras)
+            student = aux.get(MODEL_OUTPUTS)
             if student is None:
                 student = self.task.forward(params, batch, rng, deterministic=False)
             student = jax.tree.map(lambda x: x.astype(jnp.float32), self.task.logits(student))  # [batch, 2, seq]

@@ -30,6 +30,7 @@ from ml_collections.config_dict import placeholder
 
 from qajax import tree
 from qajax.errors import ConfigError
+from qajax.techniques.base import Technique
 
 KEY = "techniques.freeze"
 
@@ -45,8 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-class Freeze:
-    name = "freeze"
+class Freeze(Technique):
+    name, kind = "freeze", "optimizer"
 
     def __init__(self, required: list[str], optional: list[str]):
         self.required = required  # regexes that must match (the embeddings, the frozen layers)

@@ -21,6 +21,7 @@ import ml_collections
 
 from qajax import tree
 from qajax.errors import ConfigError
+from qajax.techniques.base import Technique
 
 KEY = "techniques.l2"
 TOWARD = ("zero", "pretrained")
@@ -37,8 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-class L2:
-    name = "l2"
+class L2(Technique):
+    name, kind = "l2", "loss"
 
     def __init__(self, weight: float, exclude: list[re.Pattern]):
         self.weight = weight

@@ -37,6 +37,7 @@ import numpy as np
 from qajax import tree
 from qajax.errors import CheckpointError, ConfigError
 from qajax.models.dropout import dropout
+from qajax.techniques.base import Technique
 
 KEY = "techniques.lora"
 ADAPTERS = ("lora_a", "lora_b")
@@ -82,8 +83,8 @@ def adapter_scale(section) -> float:
     return float(section["alpha"]) / int(section["rank"])
 
 
-class LoRA:
-    name = "lora"
+class LoRA(Technique):
+    name, kind = "lora", "parameters"
 
     def __init__(self, targets: list[re.Pattern], rank: int, scale: float, dropout: float, train_head, seed, family):
         self.targets, self.rank, self.scale = targets, rank, scale

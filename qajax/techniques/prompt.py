@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from qajax.errors import ConfigError
+from qajax.techniques.base import Technique
 from qajax.techniques.lora import ADDED, frozen_base, head_shapes, load_leaves, stop_frozen, trained_leaves
 
 KEY = "techniques.prompt"
@@ -41,8 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-class PromptTuning:
-    name = "prompt"
+class PromptTuning(Technique):
+    name, kind = "prompt", "parameters"
 
     def __init__(self, num_tokens: int, init: str, train_head: bool, seed: int, encoder):
         self.num_tokens, self.init, self.train_head, self.seed = num_tokens, init, train_head, seed

@@ -16,9 +16,9 @@ Optimization"; seed 003): smoothness-inducing adversarial regularization plus a 
   `output_kinds`: symmetric KL of the classes, of the Bernoulli for a binary logit, MSE for regression).
 
 Every pass runs in training mode with the loss's own rng, so dropout draws the same masks for the clean
-and the perturbed inputs and D measures the perturbation alone. The clean outputs are the task loss's own:
-`wrap_forward` remembers the one training-mode call that receives the loss's rng while the inner loss runs
-(as distill.py does), so the clean pass costs nothing; if there was no such call, or several, it runs again.
+and the perturbed inputs and D measures the perturbation alone. The clean outputs are the task loss's own
+(`MODEL_OUTPUTS` in its aux, as distill.py uses them), so the clean pass costs nothing; a loss without them
+(multitask's PCGrad) gets the clean pass run again.
 Cost per step beyond the plain one: T forward and backward passes for the ascent (no weight gradients), one
 for the smoothness term and one teacher forward (the seed's T = 1: about 3x the plain step).
 """
@@ -31,7 +31,8 @@ import ml_collections
 
 from qajax.errors import ConfigError
 from qajax.models.encoder import lookup_word_embeddings
-from qajax.techniques.inner_pass import InnerPass
+from qajax.techniques.base import Technique
+from qajax.train.step import MODEL_OUTPUTS
 
 KEY = "techniques.smart"
 KINDS = ("auto", "span", "classification", "binary", "regression")
@@ -98,22 +99,18 @@ def ascent_direction(grad, norm: str):
     return grad / (scale + TINY)
 
 
-class Smart:
-    name = "smart"
+class Smart(Technique):
+    name, kind = "smart", "loss"
 
     def __init__(self, task, *, weight, steps, sigma, eta, eps, norm, proximal_weight, beta, kind):
         self.task, self.weight, self.steps = task, weight, steps
         self.sigma, self.eta, self.eps, self.norm = sigma, eta, eps, norm
         self.proximal_weight, self.beta = proximal_weight, beta
-        self._clean_pass = InnerPass()
         # One entry per output compared: {"": kind} for a single task, {task name: kind} for multitask.
         if task.output_kinds:
             self.kinds = {name: MULTITASK_KINDS[k] if kind == "auto" else kind for name, k in task.output_kinds.items()}
         else:
             self.kinds = {"": _resolve_kind(kind, task)}
-
-    def wrap_forward(self, forward):
-        return self._clean_pass.wrap_forward(forward)
 
     def bind(self, task):
         self.task = task  # the final forward (LoRA merge, prompts): the perturbation reaches what trains
@@ -177,8 +174,8 @@ class Smart:
         encoder = self.task.spec.encoder
 
         def smart_loss(params, batch, rng, extras):
-            loss, aux, outputs = self._clean_pass.run(loss_fn, params, batch, rng, extras)
-            clean = self._outputs(params, batch, rng, outputs=outputs)
+            loss, aux = loss_fn(params, batch, rng, extras)
+            clean = self._outputs(params, batch, rng, outputs=aux.get(MODEL_OUTPUTS))
             smooth = jnp.zeros((), jnp.float32)
             if self.weight:  # a term with weight 0 is not traced at all: the step is the plain one
                 ids = {name: batch[_key(name, "input_ids")] for name in self._present(batch)}

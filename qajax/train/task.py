@@ -11,7 +11,7 @@ import numpy as np
 
 from qajax.data.batches import BatchIterator
 from qajax.models.spec import ModelSpec
-from qajax.train.step import LossFn
+from qajax.train.step import MODEL_OUTPUTS, LossFn
 
 
 def count_input_ids(batch: dict, batch_size: int, tokens_per_example: int) -> tuple[int, int]:
@@ -75,9 +75,12 @@ class Task:
 
     @property
     def loss_fn(self) -> LossFn:
-        """The plain task loss as the step wants it; techniques wrap this."""
+        """The plain task loss as the step wants it, its model outputs in aux for the transforms around it;
+        techniques wrap this."""
 
         def loss_fn(params, batch, rng, extras):
-            return self.output_loss(self.forward(params, batch, rng, deterministic=False), batch)
+            outputs = self.forward(params, batch, rng, deterministic=False)
+            loss, aux = self.output_loss(outputs, batch)
+            return loss, {**aux, MODEL_OUTPUTS: outputs}
 
         return loss_fn

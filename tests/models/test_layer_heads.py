@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qajax import config as config_lib
-from qajax import tree
+from qajax import run, tree
 from qajax.checkpoints.factory import load_or_init
 from qajax.checkpoints.saved import load_model, save_model
 from qajax.errors import CheckpointError, ConfigError
@@ -18,7 +18,6 @@ from qajax.models.layer_heads import SPAN_HEADS, attend_over_layers
 from qajax.models.spec import ModelSpec
 from qajax.tasks import build_task
 from qajax.tasks.span import LABELS, MODEL_INPUTS
-from qajax.train import loop
 
 TINY = dict(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32, max_position_embeddings=32)
 LAYER_HEADS = SPAN_HEADS[1:]
@@ -242,7 +241,7 @@ def test_training_lowers_the_loss_and_the_checkpoint_reproduces_the_final_eval(s
         "optimizer.learning_rate=3e-3",
     ]
     config = config_lib.load("configs/tiny.py", overrides)
-    summary = loop.train(config, tmp_path)
+    summary = run.train(config, tmp_path)
     assert summary["eval/loss"] < 0.8 * summary["initial"]["eval/loss"], summary
 
     # The saved training checkpoint reloads with its head and gives the loop's final eval loss.

@@ -10,6 +10,7 @@ import pytest
 
 from qajax import tree
 from qajax.tasks.synthetic import generate
+from qajax.techniques.base import Technique
 from qajax.train.parallel import Parallel
 from qajax.train.state import TrainState
 from qajax.train.step import make_train_step
@@ -56,8 +57,10 @@ def test_loss_is_the_weighted_mean_over_real_examples():
     assert float(aux["weight"]) == 6.0
 
 
-class _PoisonOnFlag:
+class _PoisonOnFlag(Technique):
     """A loss transform that makes the loss NaN when the batch says so (a stand-in for an overflow)."""
+
+    name, kind = "poison", "loss"
 
     def wrap_loss(self, loss_fn):
         def wrapped(params, batch, rng, extras):

@@ -1,5 +1,5 @@
 """The multitask task end to end on tiny generated files with a random tiny encoder: the heads in their
-three forms, config errors, and `loop.train` with its schedules, PCGrad, predictions and compile counts."""
+three forms, config errors, and `qajax.run.train` with its schedules, PCGrad, predictions and compile counts."""
 
 import functools
 

@@ -1,0 +1,79 @@
+"""The technique interface: what a fine-tuning technique may change, declared once.
+
+A technique is one of four kinds (../shared/STYLE.md) and overrides only the hooks of its kind; every hook
+has a default that changes nothing, so the composition point (`qajax.techniques.apply_techniques`) and the
+step call each hook of every technique without probing for it:
+
+    parameters   prepare_params(params) -> params       surgery before training (LoRA adapters, prompts)
+                 wrap_forward(forward) -> forward       how params reach the model (LoRA merge, prompt, freezing)
+                 finalize_params(params) -> params      back to plain model params for export (its inverse)
+    optimizer    frozen_patterns(params) -> [regex]     parameters the optimizer must not touch
+    loss         wrap_loss(loss_fn) -> loss_fn          loss transforms (distillation, SMART, L2)
+                 bind(task)                             receives the final task (wrapped forward) first
+    data         the task applies it while it makes its batches (EDA: task.make_train_batches)
+
+and any kind may keep state in `TrainState.extras[name]`: `init_extras(params)` (None: no state) and
+`update_extras(own, params, step)`, run inside the compiled step after each update.
+
+A subclass method whose name is one letter or two off a hook's (`wrap_los`) is refused when the class is
+defined: a misspelled hook would otherwise do nothing, silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+KINDS = ("parameters", "optimizer", "loss", "data")
+HOOKS = (
+    "prepare_params",
+    "wrap_forward",
+    "finalize_params",
+    "frozen_patterns",
+    "wrap_loss",
+    "bind",
+    "init_extras",
+    "update_extras",
+)
+
+
+class Technique:
+    name: str = ""  # its config section under `techniques.` and its key in `TrainState.extras`
+    kind: str = ""  # one of KINDS
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for attribute in vars(cls):
+            if attribute.startswith("_") or attribute in HOOKS:
+                continue
+            near = difflib.get_close_matches(attribute, HOOKS, n=1, cutoff=0.85)
+            if near:
+                raise TypeError(f"{cls.__name__}.{attribute}: not a technique hook; did you mean {near[0]!r}?")
+
+    # -- parameters ---------------------------------------------------------------------------------------
+    def prepare_params(self, params):
+        return params
+
+    def wrap_forward(self, forward):
+        return forward
+
+    def finalize_params(self, params):
+        return params
+
+    # -- optimizer ----------------------------------------------------------------------------------------
+    def frozen_patterns(self, params) -> list[str]:
+        return []
+
+    # -- loss ---------------------------------------------------------------------------------------------
+    def bind(self, task) -> None:
+        """The final task (its forward wrapped by every technique) before `wrap_loss` is called."""
+
+    def wrap_loss(self, loss_fn):
+        return loss_fn
+
+    # -- state --------------------------------------------------------------------------------------------
+    def init_extras(self, params):
+        """This technique's initial state in `TrainState.extras[name]`, or None for none."""
+        return None
+
+    def update_extras(self, own, params, step):
+        return own
