@@ -20,9 +20,11 @@ from qajax.tasks.base import Task, build_task
 from qajax.tasks.span import LABELS
 from qajax.techniques import apply_techniques, build_techniques
 from qajax.train import optim
+from qajax.train.banner import start_banner
 from qajax.train.checkpoint import Checkpoints
 from qajax.train.logs import MetricLogger
 from qajax.train.parallel import PMAP_AXIS, Parallel, init_distributed
+from qajax.train.resume import check_resume
 from qajax.train.state import TrainState
 from qajax.train.step import make_train_step
 
@@ -138,9 +140,11 @@ class EarlyStopping:
         return self.bad_evals >= self.patience
 
 
-def train(config, workdir: str | Path) -> dict:
-    """Trains to `train.steps`, resuming from the latest checkpoint in `workdir` if there is one."""
+def train(config, workdir: str | Path, *, allow_config_change: bool = False) -> dict:
+    """Trains to `train.steps`, resuming from the latest checkpoint in `workdir` if there is one (refused if
+    `config` changes what the run computes, unless `allow_config_change`: `qajax.train.resume`)."""
     workdir = Path(workdir)
+    check_resume(config, workdir, allow_changes=allow_config_change)
     t, p, c = config.train, config.parallel, config.checkpoint
 
     # -- processes, devices, task ---------------------------------------------------------------------
@@ -148,15 +152,15 @@ def train(config, workdir: str | Path) -> dict:
         p.coordinator_address or None, p.num_processes or None, p.process_id if p.process_id >= 0 else None
     )
     is_main = jax.process_index() == 0
-    task = build_task(config)
-    techniques = build_techniques(config, task)
-    task, optimizer_config, init_extras = apply_techniques(task, techniques, config.optimizer)
     parallel = Parallel(p.mode, p.data, p.fsdp, p.fsdp_min_size, t.accumulation_steps)
     if t.batch_size % (parallel.num_batch_shards * t.accumulation_steps):
         raise ConfigError(
             f"train.batch_size={t.batch_size} must divide into {parallel.num_batch_shards} devices x "
             f"train.accumulation_steps={t.accumulation_steps}"
         )
+    task = build_task(config)
+    techniques = build_techniques(config, task)
+    task, optimizer_config, init_extras = apply_techniques(task, techniques, config.optimizer)
 
     # -- durations and optimizer ----------------------------------------------------------------------
     iterator_args = dict(
@@ -197,11 +201,12 @@ def train(config, workdir: str | Path) -> dict:
         state = parallel.place_state(restored)
         position = Position.from_json(data_position)
         stopper.restore(data_position.get("early_stopping"))
-        log.info("resumed from step %d (%s)", start_step, position)
     else:
         state = parallel.create_state(make_state, task.initial_params)
         position = Position(0, 0)
     if is_main:
+        sizes = dict(batch_size=t.batch_size, accumulation_steps=t.accumulation_steps, steps_per_epoch=steps_per_epoch)
+        log.info("%s", start_banner(parallel, total_steps=total_steps, start_step=start_step, **sizes))
         workdir.mkdir(parents=True, exist_ok=True)
         config_lib.save(config, workdir)
         atomic_write_text(workdir / SPEC_FILE, task.spec.to_json() + "\n")
