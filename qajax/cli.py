@@ -4,6 +4,7 @@ only module that prints to the user or exits with a status."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -70,34 +71,16 @@ def _train(args) -> int:
     return 0
 
 
-WINDOW_KEYS = ("max_seq_length", "doc_stride", "max_query_length")
-WINDOW_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}  # HF run_qa's
-
-
 def _feature_config(args):
     """The windows the options give, else those the run trained with (its config.json), else run_qa's."""
+    from qajax.api import WINDOW_KEYS, run_windows, window_settings
     from qajax.tasks.squad.features import FeatureConfig
 
-    run = _run_windows(args.ckpt)
-    values = {
-        k: getattr(args, k) if getattr(args, k) is not None else run.get(k, WINDOW_DEFAULTS[k]) for k in WINDOW_KEYS
-    }
-    source = "the run's config.json" if run else "defaults"
-    print(
-        f"{args.ckpt}: windows " + ", ".join(f"{k}={v}" for k, v in values.items()) + f" (options, else {source})",
-        file=sys.stderr,
-    )
+    values = window_settings(args.ckpt, **{k: getattr(args, k) for k in WINDOW_KEYS})
+    source = "the run's config.json" if run_windows(args.ckpt) else "defaults"
+    shown = ", ".join(f"{k}={v}" for k, v in values.items())
+    print(f"{args.ckpt}: windows {shown} (options, else {source})", file=sys.stderr)
     return FeatureConfig(**values)
-
-
-def _run_windows(ckpt) -> dict:
-    """task.max_seq_length / doc_stride / max_query_length of a training workdir's config.json; {} otherwise."""
-    from qajax import config as config_lib
-
-    if not (Path(ckpt) / "spec.json").is_file() or not (Path(ckpt) / config_lib.SAVED_NAME).is_file():
-        return {}
-    task = config_lib.read_saved(ckpt).get("task", {})
-    return {k: task[k] for k in WINDOW_KEYS if isinstance(task.get(k), int)}
 
 
 def _null_threshold(args) -> float:
@@ -160,7 +143,7 @@ def _eval(args) -> int:
             "null_threshold": threshold,
             "data": str(args.data),
             "version": args.version,
-            **{k: getattr(predictor.feature_config, k) for k in WINDOW_KEYS},
+            **dataclasses.asdict(predictor.feature_config),
         }
         atomic_write_text(Path(args.out) / "eval_results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
     print(json.dumps(scores))
