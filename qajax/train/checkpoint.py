@@ -73,7 +73,8 @@ class Checkpoints:
     def restore(self, step: int, abstract_state) -> tuple[object, dict]:
         """(state, data position) of `step`, laid out as `abstract_state` (shapes, dtypes, shardings)."""
         # Checked before Orbax starts: its own shape error comes from background threads, as a long traceback.
-        if problem := params_mismatch(self.directory / str(step) / "state", abstract_state.params):
+        params = abstract_state["params"] if isinstance(abstract_state, dict) else abstract_state.params
+        if problem := params_mismatch(self.directory / str(step) / "state", params):
             raise CheckpointError(
                 f"{self.directory / str(step)}: the saved model does not fit this run's: {problem}. A config key "
                 "of the model changed; resume with the config that wrote it (its config.json), or use a new workdir"

@@ -113,7 +113,7 @@ class MetricLogger:
 
             # disable=None: no bar when stderr is not a terminal (batch jobs' log files).
             self._bar = tqdm(total=total_steps, initial=resume_step or 0, unit="step", dynamic_ncols=True, disable=None)
-            if self._bar.disable:
+            if getattr(self._bar, "disable", False):  # tqdm turned itself off: stderr is no terminal
                 self._bar = None
         if self._bar is None and total_steps:  # no bar drawn: a plain line per log interval instead
             from qajax.train.banner import StepLine
