@@ -47,7 +47,8 @@ def run(tmp_path_factory):
 def test_eval_uses_the_runs_windows_and_writes_eval_results(run):
     root, examples = run
     result = qajax("eval", str(root / "run"), str(root / "dev.json"), "--out", str(root / "eval"))
-    assert "max_seq_length=64, doc_stride=16, max_query_length=16 (options, else the run's config.json)" in result.stderr
+    windows = "max_seq_length=64, doc_stride=16, max_query_length=16 (options, else the run's config.json)"
+    assert windows in result.stderr
     assert "loaded the checkpoint of step 2" in result.stderr
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     saved = json.loads((root / "eval" / "eval_results.json").read_text())
