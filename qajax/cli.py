@@ -71,18 +71,6 @@ def _train(args) -> int:
     return 0
 
 
-def _feature_config(args):
-    """The windows the options give, else those the run trained with (its config.json), else run_qa's."""
-    from qajax.api import WINDOW_KEYS, run_windows, window_settings
-    from qajax.tasks.squad.features import FeatureConfig
-
-    values = window_settings(args.ckpt, **{k: getattr(args, k) for k in WINDOW_KEYS})
-    source = "the run's config.json" if run_windows(args.ckpt) else "defaults"
-    shown = ", ".join(f"{k}={v}" for k, v in values.items())
-    print(f"{args.ckpt}: windows {shown} (options, else {source})", file=sys.stderr)
-    return FeatureConfig(**values)
-
-
 def _null_threshold(args) -> float:
     """--null-threshold, else the threshold the run chose on its dev articles for this checkpoint, else 0."""
     if args.null_threshold is not None:
@@ -100,16 +88,21 @@ def _null_threshold(args) -> float:
 
 
 def _predictor(args):
+    """The SpanPredictor of CKPT (a hub name becomes its cached folder), saying which step and windows it uses."""
+    from qajax import api
     from qajax.hub import resolve
     from qajax.models.saved import training_step
-    from qajax.tasks.squad.inference import SpanPredictor, load_qa_model
 
-    args.ckpt = str(resolve(args.ckpt, what="CKPT"))  # a hub name becomes its cached folder
+    args.ckpt = str(resolve(args.ckpt, what="CKPT"))
     args.checkpoint_step = training_step(args.ckpt)
-    model, params, spec = load_qa_model(args.ckpt)
+    windows = {k: getattr(args, k) for k in api.WINDOW_KEYS}
+    predictor = api.predictor(args.ckpt, batch_size=args.batch_size, **windows)
     if args.checkpoint_step is not None:
         print(f"{args.ckpt}: loaded the checkpoint of step {args.checkpoint_step}", file=sys.stderr)
-    return SpanPredictor(model, params, spec, feature_config=_feature_config(args), batch_size=args.batch_size)
+    shown = ", ".join(f"{k}={getattr(predictor.feature_config, k)}" for k in api.WINDOW_KEYS)
+    source = "the run's config.json" if api.run_windows(args.ckpt) else "defaults"
+    print(f"{args.ckpt}: windows {shown} (options, else {source})", file=sys.stderr)
+    return predictor
 
 
 def _eval(args) -> int:
@@ -145,7 +138,7 @@ def _eval(args) -> int:
             "version": args.version,
             **dataclasses.asdict(predictor.feature_config),
         }
-        atomic_write_text(Path(args.out) / "eval_results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(Path(args.out) / "eval_results.json", json.dumps(results, indent=2) + "\n")
     print(json.dumps(scores))
     return 0
 
