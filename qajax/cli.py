@@ -14,11 +14,12 @@ from qajax.errors import QajaxError
 
 
 def _import_hf(args) -> int:
-    import qajax.hf
     from qajax.hub import resolve
+
+    src = resolve(args.src, what="import-hf SRC")  # first: a missing name fails before JAX loads
+    import qajax.hf
     from qajax.models.saved import save_model
 
-    src = resolve(args.src, what="import-hf SRC")
     _model, params, spec = qajax.hf.from_pretrained(src, head=args.head, num_labels=args.num_labels)
     if args.adapter:
         from qajax.hf.peft import merge_adapter
