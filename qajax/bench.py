@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from qajax import host_memory
+from qajax.errors import ConfigError
 from qajax.models.config import EncoderConfig
 from qajax.models.flops import train_flops
 from qajax.models.heads import build_model, init_params
@@ -323,7 +324,7 @@ def run(
     timed `rounds` times in alternating order, and its fastest round counts: what ran before an entry (a
     busy allocator, a hot cache, the other process of a 2-core machine) weighs on every entry alike."""
     if rounds < 1:
-        raise ValueError(f"rounds={rounds}: expected at least 1")
+        raise ConfigError(f"--rounds {rounds}: expected at least 1")
     builders = {
         "qajax": lambda: qajax_step(shape, mode),
         "qajax-eval": lambda: qajax_eval(shape, mode),
@@ -333,8 +334,9 @@ def run(
         "hf-pytorch": lambda: hf_pytorch_step(shape),
     }
     unknown = sorted(set(names) - set(builders))
-    if unknown:
-        raise ValueError(f"unknown benchmark entries {unknown}; expected some of {sorted(builders)}")
+    if unknown or not names:
+        known = ", ".join(sorted(builders))
+        raise ConfigError(f"--entries: unknown entries {unknown or names}; expected some of {known}")
     peak, peak_source = device_peak_flops(peak_flops)
     flops = shape.train_flops()
 

@@ -4,31 +4,61 @@ only module that prints to the user or exits with a status."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 
 from qajax.errors import QajaxError
 
 
 def _import_hf(args) -> int:
+    from qajax.hub import resolve
+
+    src = resolve(args.src, what="import-hf SRC")  # first: a missing name fails before JAX loads
     import qajax.hf
     from qajax.checkpoints.saved import save_model
 
-    _model, params, spec = qajax.hf.from_pretrained(args.src, head=args.head, num_labels=args.num_labels)
+    _model, params, spec = qajax.hf.from_pretrained(src, head=args.head, num_labels=args.num_labels)
+    if args.adapter:
+        from qajax.checkpoints.peft import merge_adapter
+
+        params = merge_adapter(params, spec, resolve(args.adapter, what="--adapter"))
     out = save_model(args.out, spec, params, overwrite=args.overwrite)
-    print(f"imported {spec.encoder.family} ({spec.head} head) from {args.src} into {out}")
+    adapter = f" with the LoRA adapter {args.adapter} merged" if args.adapter else ""
+    print(f"imported {spec.encoder.family} ({spec.head} head) from {args.src}{adapter} into {out}")
     return 0
 
 
 def _export_hf(args) -> int:
     import qajax.hf
-    from qajax.checkpoints.saved import load_model
 
-    model, params, spec = load_model(args.ckpt)
     formats = tuple(f for f in args.formats.split(",") if f)
-    out = qajax.hf.save_pretrained(model, params, spec, args.out, formats=formats, overwrite=args.overwrite)
-    print(f"exported {spec.encoder.family} ({spec.head} head) from {args.ckpt} to {out} as {', '.join(formats)}")
+    if args.adapter_only and args.base_only:
+        raise QajaxError("--adapter-only and --base-only exclude each other: export each in its own folder")
+    if args.adapter_only:
+        from qajax.checkpoints.peft import save_adapter
+
+        out = save_adapter(args.ckpt, args.out, overwrite=args.overwrite)
+        what = "the LoRA adapter (PEFT: adapter_config.json, adapter_model.safetensors)"
+    else:
+        if args.base_only:
+            from qajax.checkpoints.peft import load_base
+
+            model, params, spec = load_base(args.ckpt)
+        else:
+            from qajax.checkpoints.saved import load_model
+
+            model, params, spec = load_model(args.ckpt)
+        out = qajax.hf.save_pretrained(model, params, spec, args.out, formats=formats, overwrite=args.overwrite)
+        left_out = ", adapters left out" if args.base_only else ""
+        what = f"{spec.encoder.family} ({spec.head} head{left_out}) as {', '.join(formats)}"
+    print(f"exported {what} from {args.ckpt} to {out}")
+    if args.push_to_hub:
+        from qajax.hub import push
+
+        print(f"pushed {out} to {push(out, args.push_to_hub, private=args.private)}")
     return 0
 
 
@@ -37,15 +67,9 @@ def _train(args) -> int:
     from qajax.run import train
 
     config = config_lib.load(args.config, args.set)
-    summary = train(config, args.workdir)
+    summary = train(config, args.workdir, allow_config_change=args.allow_config_change)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
-
-
-def _feature_config(args):
-    from qajax.tasks.squad.features import FeatureConfig
-
-    return FeatureConfig(args.max_seq_length, args.doc_stride, args.max_query_length)
 
 
 def _null_threshold(args) -> float:
@@ -58,19 +82,32 @@ def _null_threshold(args) -> float:
     if chosen is None:
         return 0.0
     threshold, step = chosen
-    print(f"{args.ckpt}: null threshold {threshold:.4f}, chosen on the run's dev articles at step {step}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{args.ckpt}: null threshold {threshold:.4f}, chosen on the run's dev articles at step {step}", file=sys.stderr
+    )
     return threshold
 
 
 def _predictor(args):
-    from qajax.tasks.squad.inference import SpanPredictor, load_qa_model
+    """The SpanPredictor of CKPT (a hub name becomes its cached folder), saying which step and windows it uses."""
+    from qajax import api
+    from qajax.checkpoints.saved import training_step
+    from qajax.hub import resolve
 
-    model, params, spec = load_qa_model(args.ckpt)
-    return SpanPredictor(model, params, spec, feature_config=_feature_config(args), batch_size=args.batch_size)
+    args.ckpt = str(resolve(args.ckpt, what="CKPT"))
+    args.checkpoint_step = training_step(args.ckpt)
+    windows = {k: getattr(args, k) for k in api.WINDOW_KEYS}
+    predictor = api.predictor(args.ckpt, batch_size=args.batch_size, **windows)
+    if args.checkpoint_step is not None:
+        print(f"{args.ckpt}: loaded the checkpoint of step {args.checkpoint_step}", file=sys.stderr)
+    shown = ", ".join(f"{k}={getattr(predictor.feature_config, k)}" for k in api.WINDOW_KEYS)
+    source = "the run's config.json" if api.run_windows(args.ckpt) else "defaults"
+    print(f"{args.ckpt}: windows {shown} (options, else {source})", file=sys.stderr)
+    return predictor
 
 
 def _eval(args) -> int:
+    from qajax.files import atomic_write_text
     from qajax.tasks.squad import data
     from qajax.tasks.squad.inference import evaluate
 
@@ -80,16 +117,29 @@ def _eval(args) -> int:
     version_2 = args.version == "v2.0"
     if not version_2:
         examples = [e for e in examples if not e.is_impossible]
+    predictor, bertscore = _predictor(args), _bertscore(args)
+    threshold = _null_threshold(args)
     scores = evaluate(
-        _predictor(args),
+        predictor,
         examples,
         out_dir=args.out,
         version_2=version_2,
         n_best=args.n_best,
         max_answer_length=args.max_answer_length,
-        null_threshold=_null_threshold(args),
-        bertscore=_bertscore(args),
+        null_threshold=threshold,
+        bertscore=bertscore,
     )
+    if args.out is not None:
+        results = {
+            "metrics": scores,
+            "checkpoint": args.ckpt,
+            "checkpoint_step": args.checkpoint_step,
+            "null_threshold": threshold,
+            "data": str(args.data),
+            "version": args.version,
+            **dataclasses.asdict(predictor.feature_config),
+        }
+        atomic_write_text(Path(args.out) / "eval_results.json", json.dumps(results, indent=2) + "\n")
     print(json.dumps(scores))
     return 0
 
@@ -98,15 +148,28 @@ def _predict(args) -> int:
     from qajax.tasks.squad import data
     from qajax.tasks.squad.inference import answer
 
+    if args.file is None and (args.out or args.skip_invalid):
+        raise QajaxError("--out and --skip-invalid go with --file")
+    if args.file is None and not (args.question and args.context):
+        raise QajaxError("give --question and --context (repeat --context for several passages), or --file")
     predictor = _predictor(args)
     options = dict(n_best=args.n_best, max_answer_length=args.max_answer_length, null_threshold=_null_threshold(args))
     if args.file:
-        examples, _ = data.load(args.file)
-        predictions, _, null_odds = predictor(examples, **options)
+        examples, skipped = data.load(args.file, skip_invalid=args.skip_invalid)
+        if len(skipped):
+            print(f"{args.file}: {skipped.summary()}", file=sys.stderr)
+        predictions, nbest, null_odds = predictor(examples, **options)
+        if args.out:
+            from qajax.tasks.squad.postprocess import write_predictions
+
+            write_predictions(args.out, predictions, nbest, null_odds)
+            print(
+                f"{len(predictions)} answers in {Path(args.out) / 'predictions.json'} (and nbest_predictions.json, "
+                "null_odds.json)"
+            )
+            return 0
         print(json.dumps({"predictions": predictions, "null_odds": null_odds}, ensure_ascii=False, indent=2))
         return 0
-    if not (args.question and args.context):
-        raise QajaxError("give --question and --context (repeat --context for several passages), or --file")
     result = answer(predictor, args.question, args.context, **options)
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
@@ -141,34 +204,46 @@ def _bertscore(args):
         return None
     import functools
 
+    from qajax.hub import resolve
     from qajax.metrics.bertscore import BertScorer, read_baseline
     from qajax.tasks.squad.bertscore import evaluate_bertscore
 
-    scorer = BertScorer.from_pretrained(args.bertscore, args.bertscore_layer, batch_size=args.bertscore_batch_size)
+    folder = resolve(args.bertscore, what="--bertscore")
+    scorer = BertScorer.from_pretrained(folder, args.bertscore_layer, batch_size=args.bertscore_batch_size)
     baseline = None if args.bertscore_baseline is None else read_baseline(args.bertscore_baseline, scorer.layer)
     return functools.partial(evaluate_bertscore, scorer=scorer, idf=args.idf, baseline=baseline)
 
 
 def _add_bertscore_options(p) -> None:
-    p.add_argument("--bertscore", default=None, metavar="MODEL_DIR", help="also report BERTScore with this HF encoder")
-    p.add_argument("--bertscore-layer", type=int, default=None, help="hidden layer, 0 = embeddings (default: last)")
+    p.add_argument(
+        "--bertscore",
+        default=None,
+        metavar="MODEL",
+        help="also report BERTScore with this HF encoder (a folder or hub id)",
+    )
+    p.add_argument("--bertscore-layer", type=int, default=None, help="hidden layer, 0 = embeddings (None: the last)")
     p.add_argument("--idf", action="store_true", help="BERTScore: IDF weights from the gold answers")
     p.add_argument("--bertscore-baseline", default=None, metavar="FILE", help="rescale with bert-score's LAYER,P,R,F")
-    p.add_argument("--bertscore-batch-size", type=int, default=64)
+    p.add_argument("--bertscore-batch-size", type=int, default=64, help="sentences per BERTScore forward pass")
 
 
 def _add_span_options(p) -> None:
-    p.add_argument("ckpt", help="a training workdir, a qajax model checkpoint or an HF folder with a QA head")
-    p.add_argument("--max-seq-length", type=int, default=384)
-    p.add_argument("--doc-stride", type=int, default=128)
-    p.add_argument("--max-query-length", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--n-best", type=int, default=20)
-    p.add_argument("--max-answer-length", type=int, default=30, help="tokens")
     p.add_argument(
-        "--null-threshold", type=float, default=None,
-        help='predict "" when null - best span > this (default: what the run chose on its dev articles, else 0)',
-    )  # fmt: skip
+        "ckpt", help="a training workdir, a qajax model checkpoint, or an HF folder or hub id with a QA head"
+    )
+    run = "(None: the run's task setting, else %s)"
+    p.add_argument("--max-seq-length", type=int, default=None, help="tokens per window " + run % 384)
+    p.add_argument("--doc-stride", type=int, default=None, help="overlap of a context's windows " + run % 128)
+    p.add_argument("--max-query-length", type=int, default=None, help="question tokens kept " + run % 64)
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--n-best", type=int, default=20, help="candidate spans kept per question")
+    p.add_argument("--max-answer-length", type=int, default=30, help="longest answer, in tokens")
+    p.add_argument(
+        "--null-threshold",
+        type=float,
+        default=None,
+        help='predict "" when null - best span > this (None: what the run chose on its dev articles, else 0)',
+    )
 
 
 # qajax.bench.TECHNIQUE_ENTRIES and the multitask step
@@ -189,9 +264,14 @@ def _bench(args) -> int:
     shape = bench.Shape(**values)
     names = [n for n in args.entries.split(",") if n]
     report = bench.run(
-        shape, names, steps=args.steps, warmup=args.warmup, peak_flops=args.peak_flops, mode=args.mode,
+        shape,
+        names,
+        steps=args.steps,
+        warmup=args.warmup,
+        peak_flops=args.peak_flops,
+        mode=args.mode,
         rounds=args.rounds,
-    )  # fmt: skip
+    )
     if args.png:
         bench.plot(report, args.png)
     print(json.dumps(report) if args.json else bench.markdown(report))
@@ -239,85 +319,162 @@ def _demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qajax", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every help text (an unset option's help says what it falls back to); the epilog's
+    examples keep their lines."""
 
-    p = commands.add_parser("train", help="train (or resume) a config in a workdir")
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], "") or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+EXAMPLES = {
+    "train": "qajax train configs/tiny.py --workdir runs/tiny --set train.steps=300\n"
+    "qajax train configs/squad.py --workdir runs/squad --set model.pretrained=bert-base-uncased",
+    "import-hf": "qajax import-hf bert-base-uncased ckpt/bert   # a hub id or a folder\n"
+    "qajax import-hf base-hf/ ckpt/tuned --adapter lora-adapter/",
+    "export-hf": "qajax export-hf runs/squad hf-squad/ --formats pt\n"
+    "qajax export-hf runs/lora adapter/ --adapter-only   # PEFT adapter folder\n"
+    "qajax export-hf runs/squad hf-squad/ --push-to-hub me/squad-model",
+    "eval": "qajax eval runs/squad dev-v2.0.json --out eval/   # eval_results.json, predictions.json, ...",
+    "predict": 'qajax predict runs/squad --question "Who?" --context "Ada founded it."\n'
+    "qajax predict runs/squad --file questions.json --out answers/ --skip-invalid",
+    "squad-eval": "qajax squad-eval dev-v2.0.json predictions.json --na-prob null_odds.json",
+    "bench": "qajax bench --preset minilm --entries qajax,hf-flax,lora-r8 --rounds 3",
+    "compile": "qajax compile configs/squad_bert_base.py --target v5e:2x2 --json\n"
+    "qajax compile configs/squad_bert_base.py --target h100\n"
+    "qajax compile configs/squad_bert_base.py --target v5p:4x4x4 --set parallel.fsdp=4 --max-batch",
+    "plot": "qajax plot runs/squad --keys loss,eval/f1",
+    "demo": "qajax demo --workdir runs/demo",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qajax")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qajax", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"qajax {_version()}")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    for p, default in ((parser, 0), (verbosity, argparse.SUPPRESS)):  # before or after the subcommand
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            default=default,
+            help="more log lines: -v other libraries' INFO, -vv also Orbax's",
+        )
+        p.add_argument("-q", "--quiet", action="count", default=default, help="warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, run):
+        p = commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            parents=[verbosity],
+            formatter_class=_HelpFormatter,
+            epilog="example:\n  " + EXAMPLES[name].replace("\n", "\n  "),
+        )
+        p.set_defaults(run=run)
+        return p
+
+    p = command("train", "train (or resume) a config in a workdir", _train)
     p.add_argument("config", help="configs/NAME.py, optionally with :arg")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard; resumed if present")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.set_defaults(run=_train)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeat)")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume even where the config changes what the run computes (model, data, optimizer...)",
+    )
 
-    p = commands.add_parser("import-hf", help="HF model folder -> qajax checkpoint")
-    p.add_argument("src", help="folder with config.json and model.safetensors / pytorch_model.bin / flax_model.msgpack")
+    p = command("import-hf", "HF model folder or hub id -> qajax checkpoint", _import_hf)
+    p.add_argument(
+        "src", help="an HF folder (config.json + safetensors / pytorch_model.bin / flax_model.msgpack) or hub id"
+    )
     p.add_argument("out", help="qajax checkpoint folder to create")
-    p.add_argument("--head", default="qa", choices=("qa", "classification", "encoder"))
-    p.add_argument("--num-labels", type=int, default=None, help="classification labels (default: from config)")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(run=_import_hf)
+    p.add_argument("--head", default="qa", choices=("qa", "classification", "encoder"), help="task head to put on")
+    p.add_argument("--num-labels", type=int, default=None, help="classification labels (None: from config.json)")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a PEFT LoRA adapter folder to merge into SRC")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    p = commands.add_parser("export-hf", help="qajax checkpoint -> HF folder (Flax and/or PyTorch)")
-    p.add_argument("ckpt", help="qajax checkpoint folder (spec.json + params/)")
+    p = command("export-hf", "qajax checkpoint or workdir -> HF folder (Flax and/or PyTorch)", _export_hf)
+    p.add_argument("ckpt", help="a qajax checkpoint folder (spec.json + params/) or a training workdir")
     p.add_argument("out", help="HF folder to create")
     p.add_argument("--formats", default="flax,pt", help="comma-separated: flax, pt")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(run=_export_hf)
+    p.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="a LoRA run as a PEFT adapter folder: adapter_config.json, adapter_model.safetensors",
+    )
+    p.add_argument("--base-only", action="store_true", help="a LoRA run's frozen base model, adapters left out")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="then upload OUT to this hub repository")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    p = commands.add_parser("eval", help="span QA: a model on a data file -> official metrics + prediction files")
+    p = command("eval", "span QA: a model on a data file -> official metrics + prediction files", _eval)
     _add_span_options(p)
     p.add_argument("data", help="SQuAD / multi-context .json, or a hub name")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--version", default="v2.0", choices=("v1.1", "v2.0"))
-    p.add_argument("--out", default=None, help="folder for predictions.json, nbest_predictions.json, null_odds.json")
+    p.add_argument("--split", default="validation", help="split of a hub data set")
+    p.add_argument("--version", default="v2.0", choices=("v1.1", "v2.0"), help="SQuAD metric (v1.1 drops unanswerable)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for eval_results.json, predictions.json, nbest_predictions.json and null_odds.json",
+    )
     p.add_argument("--skip-invalid", action="store_true", help="skip malformed questions and report them")
     _add_bertscore_options(p)
-    p.set_defaults(run=_eval)
 
-    p = commands.add_parser("predict", help="span QA: answer a question from the command line or a JSON file")
+    p = command("predict", "span QA: answer a question from the command line or a JSON file", _predict)
     _add_span_options(p)
-    p.add_argument("--question")
+    p.add_argument("--question", help="the question")
     p.add_argument("--context", action="append", help="a passage (repeat for several)")
     p.add_argument("--file", help="SQuAD / multi-context .json of questions to answer")
-    p.set_defaults(run=_predict)
+    p.add_argument(
+        "--out", default=None, help="with --file: folder for predictions.json, nbest_predictions.json, null_odds.json"
+    )
+    p.add_argument("--skip-invalid", action="store_true", help="with --file: skip malformed questions and report them")
 
-    p = commands.add_parser("squad-eval", help="the official SQuAD v1.1/v2.0 metric on a predictions file")
-    p.add_argument("data")
-    p.add_argument("predictions")
+    p = command("squad-eval", "the official SQuAD v1.1/v2.0 metric on a predictions file", _squad_eval)
+    p.add_argument("data", help="the SQuAD .json with the gold answers")
+    p.add_argument("predictions", help="predictions.json: question id -> answer text")
     p.add_argument("--na-prob", default=None, help="null_odds.json (v2.0)")
-    p.add_argument("--na-prob-thresh", type=float, default=1.0)
+    p.add_argument("--na-prob-thresh", type=float, default=1.0, help='answer "" where the null odds exceed this')
     _add_bertscore_options(p)
-    p.set_defaults(run=_squad_eval)
 
-    p = commands.add_parser("bench", help="train-step throughput, compile time, memory and MFU, side by side")
-    p.add_argument("--preset", default="minilm", choices=sorted(PRESETS))
+    p = command("bench", "train-step throughput, compile time, memory and MFU, side by side", _bench)
+    p.add_argument("--preset", default="minilm", choices=sorted(PRESETS), help="model and batch shape")
     for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "seq_len", "batch_size"):
-        p.add_argument("--" + key.replace("_", "-"), dest=key, type=int, default=None)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--mode", default="mesh", choices=("mesh", "pmap"))
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=int, default=None, help="(None: the preset's)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
+    p.add_argument("--mode", default="mesh", choices=("mesh", "pmap"), help="parallel mode of the qajax steps")
     p.add_argument(
         "--entries",
         default="qajax,qajax-eval,hf-flax,hf-pytorch",
         help="comma-separated: qajax, qajax-eval, hf-flax, hf-pytorch, and techniques: " + ", ".join(TECHNIQUE_NAMES),
     )
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per entry")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the compile among them)")
     p.add_argument(
         "--rounds", type=int, default=1, help="time every entry this many times in alternating order, keep the best"
     )
-    p.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: detected)")
+    p.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (None: detected)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the markdown table")
     p.add_argument("--png", default=None, help="also write a bar chart here")
-    p.set_defaults(run=_bench)
 
-    p = commands.add_parser(
-        "compile",
-        help="compile a config's train and eval steps ahead of time for an absent TPU/GPU: memory, roofline MFU",
-        description="Compiles the real train step (and eval step) of CONFIG for TARGET on this machine, without "
-        "the hardware, data or weights, and reports memory per device, whether it fits, XLA's FLOPs and bytes, the "
-        "roofline bound on MFU, the attention kernel and the collectives.",
-        epilog="example: qajax compile configs/squad_bert_base.py --target v5e:2x2 --json",
+    p = command("compile", "compile a config's train and eval steps ahead of time for an absent TPU or GPU", _compile)
+    p.description = (
+        "Compiles the real train step (and eval step) of CONFIG for TARGET on this machine, without the hardware, "
+        "data or weights, and reports memory per device, whether it fits, XLA's FLOPs and bytes, the roofline bound "
+        "on MFU, the attention kernel and the collectives."
     )
     p.add_argument("config", help="configs/NAME.py, optionally with :arg")
     p.add_argument(
@@ -326,23 +483,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="a TPU topology (v4:2x2x1, v5e:2x2, v5p:2x2x1, v6e:2x2, v5p:4x4x4, v5e:16x16, ...; needs qajax[tpu]), "
         "h100 or a100 (needs qajax[cuda]), or a target .json file",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeat)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--max-batch", action="store_true", help="find the largest examples per device that fit")
     p.add_argument("--max-batch-limit", type=int, default=4096, help="upper bound of the --max-batch search")
-    p.set_defaults(run=_compile)
 
-    p = commands.add_parser("plot", help="training curves of a workdir's metrics.jsonl as a PNG")
-    p.add_argument("workdir")
-    p.add_argument("--out", default=None, help="default: WORKDIR/metrics.png")
-    p.add_argument("--keys", default="", help="comma-separated metric names (default: loss, lr, grad norm, evals)")
-    p.set_defaults(run=_plot)
+    p = command("plot", "training curves of a workdir's metrics.jsonl as a PNG", _plot)
+    p.add_argument("workdir", help="a training workdir (with metrics.jsonl)")
+    p.add_argument("--out", default=None, help="the PNG (None: WORKDIR/metrics.png)")
+    p.add_argument("--keys", default="", help="comma-separated metric names (empty: loss, lr, grad norm, evals)")
 
-    p = commands.add_parser("demo", help="the embedded default job (see README)")
-    p.add_argument("--workdir", default="runs/demo")
+    p = command("demo", "the embedded default job (see README)", _demo)
+    p.add_argument("--workdir", default="runs/demo", help="where the demo trains and exports")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
-    p.set_defaults(run=_demo)
     return parser
+
+
+def configure_logging(verbosity: int) -> None:
+    """qajax's own lines (banner, progress in batch jobs, resume notes) at INFO by default; -q: warnings only;
+    -v: other libraries' INFO too; -vv: Orbax's notes as well (absl, tens of lines per checkpoint)."""
+    logging.basicConfig(
+        level=logging.INFO if verbosity >= 1 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
+    logging.getLogger("qajax").setLevel(logging.INFO if verbosity >= 0 else logging.WARNING)
+    if verbosity < 2:
+        for name in ("absl", "orbax"):
+            logging.getLogger(name).setLevel(logging.ERROR)  # orbax notes on existing and read-only folders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,9 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_host_memory()  # before JAX starts its threads: a fifth of a CPU step was page faults
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose:
-        logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only / existing folders
+    configure_logging(args.verbose - args.quiet)
     try:
         return args.run(args)
     except QajaxError as e:

@@ -19,6 +19,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference, RequiredValueError
 
+from qajax import config_checks
 from qajax.errors import ConfigError
 from qajax.files import atomic_write_text
 
@@ -53,10 +54,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         if key not in fields:
             raise ConfigError(_unknown_key_message(key, fields))
         values[key] = _parse_override(key, text, fields[key])
+    for key in config_checks.DTYPE_KEYS:  # `bf16` in a config file or an override reads as `bfloat16`
+        if key in fields and not isinstance(fields[key], FieldReference):
+            values.setdefault(key, fields[key])
     for key, value in values.items():
         parent, _, name = key.rpartition(".")
-        (config[parent] if parent else config)[name] = value
-    flatten(config)  # fails here, before anything runs, if a required placeholder is still unset
+        (config[parent] if parent else config)[name] = config_checks.normalize(key, value)
+    # Fails here, before anything runs, if a required placeholder is still unset or a value is not allowed.
+    config_checks.check(flatten(config))
     return config.lock()
 
 

@@ -54,6 +54,16 @@ def _scores(metrics: dict) -> dict:
     return {k: round(metrics[f"eval/{k}"], 2) for k in keys if f"eval/{k}" in metrics}
 
 
+def _evaluations(workdir: Path) -> tuple[dict, dict]:
+    """(the evaluation at step 0, the last logged record with an evaluation) of the run's metrics.jsonl."""
+    from qajax.train.logs import METRICS_FILE, read_metrics
+
+    evaluated = [r for r in read_metrics(workdir / METRICS_FILE) if "eval/f1" in r]
+    if not evaluated or evaluated[0]["step"] != 0:
+        raise CheckpointError(f"{workdir} holds another run (no evaluation at step 0); give the demo a new --workdir")
+    return evaluated[0], evaluated[-1]
+
+
 def run_demo(workdir: str | Path, *, overrides=()) -> dict:
     import qajax.hf
     from qajax import config as config_lib
@@ -68,6 +78,7 @@ def run_demo(workdir: str | Path, *, overrides=()) -> dict:
     config = config_lib.apply_overrides(demo_config(), list(overrides))
     started = time.perf_counter()
     summary = train(config, workdir)
+    before, after = _evaluations(workdir)  # from the log: a rerun on a finished workdir trains no step
 
     model, params, spec = load_model(workdir)
     t = config.task
@@ -76,10 +87,10 @@ def run_demo(workdir: str | Path, *, overrides=()) -> dict:
     )
     exported = qajax.hf.save_pretrained(model, params, spec, workdir / "hf", overwrite=True)
     return {
-        "before_training": _scores(summary["initial"]),
-        "after_training": _scores(summary),
+        "before_training": _scores(before),
+        "after_training": _scores(after),
         "train_steps": summary["final_step"],
-        "examples_per_sec": round(summary["examples_per_sec"], 1),
+        "examples_per_sec": round(after.get("examples_per_sec", float("nan")), 1),
         "seconds": round(time.perf_counter() - started, 1),
         "prediction": answer(predictor, QUESTION, CONTEXT),
         "exported_hf_folder": str(exported),

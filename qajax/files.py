@@ -12,6 +12,25 @@ from pathlib import Path
 from qajax.errors import CheckpointError
 
 
+def _umask() -> int:
+    """The process umask. Linux shows it in /proc; elsewhere reading it means setting it for an instant, which
+    a file created meanwhile by another thread (Orbax writes in the background) would see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike, *, folder: bool) -> None:
+    """mkstemp / mkdtemp create 0600 / 0700 whatever the umask: give `path` the mode that open / mkdir would."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_directory(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yields a temporary folder beside `out_dir`; renames it to `out_dir` only if the block succeeds."""
@@ -21,6 +40,7 @@ def atomic_directory(out_dir: str | os.PathLike, *, overwrite: bool = False) -> 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        follow_umask(tmp, folder=True)
         yield tmp
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -39,6 +59,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        follow_umask(tmp, folder=False)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qajax.errors import DataError
 from qajax.train.logs import METRICS_FILE, read_metrics
 
 DEFAULT_KEYS = ("loss", "learning_rate", "train/grad_norm", "examples_per_sec")
@@ -17,12 +18,17 @@ def plot_metrics(workdir: str | Path, out: str | Path | None = None, keys: tuple
     import matplotlib.pyplot as plt
 
     workdir = Path(workdir)
+    if not (workdir / METRICS_FILE).is_file():
+        what = "a training workdir" if workdir.is_dir() else "an existing folder"
+        raise DataError(f"no {METRICS_FILE} here; expected {what} that `qajax train` wrote", path=str(workdir))
     records = read_metrics(workdir / METRICS_FILE)
     if not keys:
         evals = sorted({k for r in records for k in r if k.startswith("eval/") and not k.endswith("_total")})
         keys = tuple(k for k in (*DEFAULT_KEYS, *evals) if any(k in r for r in records))
     if not keys:
-        raise ValueError(f"{workdir / METRICS_FILE} has no metrics to plot")
+        found = "is empty" if not records else "has no training or eval metrics"
+        message = f"{found}: nothing to plot (a run logs every train.log_every steps)"
+        raise DataError(message, path=str(workdir / METRICS_FILE))
     columns = min(3, len(keys))
     rows = -(-len(keys) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)

@@ -148,8 +148,12 @@ def _assemble(config, task: Task, parallel: Parallel, iterator_args: dict, steps
     )
 
 
-def train(config, workdir: str | Path) -> dict:
-    """Trains a config to its end in `workdir`, resuming from the workdir's latest checkpoint."""
+def train(config, workdir: str | Path, *, allow_config_change: bool = False) -> dict:
+    """Trains a config to its end in `workdir`, resuming from the workdir's latest checkpoint; a resume that
+    would change what the run computes is refused before anything is built, unless `allow_config_change`
+    (`qajax.train.resume`)."""
     from qajax.train.loop import train as train_prepared
+    from qajax.train.resume import check_resume
 
+    check_resume(config, workdir, allow_changes=allow_config_change)
     return train_prepared(prepare(config), workdir)

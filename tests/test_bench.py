@@ -7,6 +7,7 @@ import pytest
 
 from qajax import bench
 from qajax.cli import main as cli_main
+from qajax.errors import ConfigError
 
 TINY = dict(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=64, seq_len=16, batch_size=4)
 
@@ -51,7 +52,7 @@ def test_cli_json_output(capsys):
 
 
 def test_unknown_entry_is_refused():
-    with pytest.raises(ValueError, match="unknown benchmark entries"):
+    with pytest.raises(ConfigError, match=r"--entries: unknown entries \['nope'\]"):
         bench.run(bench.Shape(**TINY), ["qajax", "nope"], steps=1)
 
 

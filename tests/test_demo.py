@@ -48,3 +48,26 @@ def test_demo_learns_answers_and_exports_a_folder_transformers_loads(tmp_path, c
     offsets = tokenizer(QUESTION, CONTEXT, return_offsets_mapping=True)["offset_mapping"]
     start, end = int(torch_out.start_logits[0].argmax()), int(torch_out.end_logits[0].argmax())
     assert CONTEXT[offsets[start][0] : offsets[end][1]] == "Ada Morrow"
+
+
+def test_demo_reruns_on_its_finished_workdir(tmp_path):
+    """The second `qajax demo` trains nothing and reports the same numbers (it once died with KeyError)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sets = ["task.generated_passages=8", "train.epochs=0", "train.steps=2", "train.batch_size=4",
+            f"task.cache_dir={tmp_path / 'features'}"]  # fmt: skip
+    command = [sys.executable, "-m", "qajax", "demo", "--workdir", str(tmp_path / "demo")]
+    command += [arg for s in sets for arg in ("--set", s)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    repo = Path(__file__).resolve().parents[1]
+    reports = []
+    for _ in range(2):
+        result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports.append(json.loads(result.stdout))
+    assert "already finished at step 2" in result.stderr
+    for key in ("before_training", "after_training", "train_steps", "prediction"):
+        assert reports[1][key] == reports[0][key], key

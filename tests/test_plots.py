@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from qajax.errors import DataError
 from qajax.plots import plot_metrics
 
 
@@ -16,5 +17,5 @@ def test_plot_writes_a_png_of_the_logged_curves(tmp_path):
 
 def test_plot_refuses_a_log_without_metrics(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
-    with pytest.raises(ValueError, match="no metrics to plot"):
+    with pytest.raises(DataError, match="has no training or eval metrics: nothing to plot"):
         plot_metrics(tmp_path)

@@ -130,7 +130,8 @@ def _resolve(source: str) -> Path:
         if path is None:
             raise ConfigError(f"model.pretrained='minilm' needs the checkpoint installed: {MINILM_INSTALL}")
         return path
-    path = Path(source)
-    if not path.is_dir():
-        raise ConfigError(f"model.pretrained={source!r}: no such folder")
-    return path
+    if Path(source).is_dir():
+        return Path(source)
+    from qajax.hub import resolve
+
+    return resolve(source, what="model.pretrained")  # a hub id, from the cache or downloaded

@@ -3,10 +3,12 @@ collectives, and an estimate of the bytes it moves to and from device memory.
 
 The byte estimate counts, for every instruction the program runs (fusions, custom calls such as cuBLAS and
 cuDNN kernels, copies, collectives), the bytes of its operands and its result: XLA keeps what happens inside
-a fusion on chip, so these are its memory accesses (an async `*-start`, whose result holds its operands
-beside its output, counts the output: the slice or copy it moves; `*-done` nothing). Loops count their trip count times; of a conditional's
-branches the largest counts. It is what `qajax compile` reports where XLA's cost analysis gives none
-(deviceless GPU compiles), and it is checked against XLA's own figure on TPU compiles.
+a fusion on chip, so these are its memory accesses. An async `*-start`, whose result holds its operands
+beside its output, counts the output (the slice or copy it moves); a `*-done` counts nothing. Loops count
+their trip count times; of a conditional's branches the largest counts. It is what `qajax compile` reports
+where XLA's cost analysis gives none (deviceless GPU compiles). On TPU compiles of the BERT-base config
+(2 layers, v5e:2x2) it came within 11-13% under XLA's own figure (1.75e10 vs 1.97e10 bytes with attention
+dropout, 1.31e10 vs 1.50e10 without).
 """
 
 from __future__ import annotations

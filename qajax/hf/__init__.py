@@ -71,6 +71,13 @@ def from_pretrained(
     `span_head` keeps the folder's `qa_outputs` if it has one; its own weights start fresh."""
     folder = Path(path)
     config_file = folder / "config.json"
+    if (folder / "spec.json").is_file():  # its config.json, if any, is a run's config, not a model's
+        kind = "a training workdir" if (folder / "checkpoints").is_dir() else "a qajax model checkpoint"
+        raise CheckpointError(
+            f"{folder} is {kind}, not a Hugging Face folder: it needs no import. Use it as it is (qajax eval / "
+            f"predict / export-hf CKPT, or --set model.pretrained={folder}), or `qajax export-hf {folder} OUT` "
+            "for transformers"
+        )
     if not config_file.is_file():
         raise CheckpointError(f"{folder}: not a Hugging Face model folder (no config.json)")
     try:

@@ -52,7 +52,7 @@ def merge_params(
         for path, leaf in init_flat.items()
     }
     if missing:
-        log.info("%s: freshly initialised (not in the checkpoint): %s", source, _preview(missing))
+        log.warning("%s: freshly initialised, not in the checkpoint (train before use): %s", source, _preview(missing))
     if unused:
         log.info("%s: unused checkpoint weights: %s", source, _preview(unused))
     return tree.unflatten(merged), {"initialised": missing, "unused": unused}

@@ -72,6 +72,13 @@ class Checkpoints:
 
     def restore(self, step: int, abstract_state) -> tuple[object, dict]:
         """(state, data position) of `step`, laid out as `abstract_state` (shapes, dtypes, shardings)."""
+        # Checked before Orbax starts: its own shape error comes from background threads, as a long traceback.
+        params = abstract_state["params"] if isinstance(abstract_state, dict) else abstract_state.params
+        if problem := params_mismatch(self.directory / str(step) / "state", params):
+            raise CheckpointError(
+                f"{self.directory / str(step)}: the saved model does not fit this run's: {problem}. A config key "
+                "of the model changed; resume with the config that wrote it (its config.json), or use a new workdir"
+            )
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
         try:
             restored = self.manager.restore(step, args=args)
@@ -79,11 +86,10 @@ class Checkpoints:
             if "tree structures do not match" not in str(error):
                 raise
             raise CheckpointError(
-                f"{self.directory / str(step)}: the saved train state has another layout than this run's (a "
-                "different model, techniques or optimizer, or a checkpoint from before qajax's optimizer state "
-                "became one FusedState per run, commit a56affc). Resume it with the config and qajax version "
-                "that wrote it, or start a new workdir; `qajax eval`/`export-hf` still read its params."
-            ) from error
+                f"{self.directory / str(step)}: the saved train state has another layout than this run's (other "
+                "techniques or optimizer, or a checkpoint of an older qajax). Resume it with the config and qajax "
+                "version that wrote it, or start a new workdir; `qajax eval`/`export-hf` still read its params"
+            ) from None
         return restored["state"], restored["data"]
 
     def wait(self) -> None:
@@ -91,6 +97,38 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _names(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def params_mismatch(state_dir: Path, abstract_params) -> str | None:
+    """How the params saved in `state_dir` disagree with `abstract_params` (paths, shapes), in one line;
+    None when they agree or the checkpoint has no readable metadata (Orbax's own checks then apply)."""
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            saved = checkpointer.metadata(state_dir.absolute()).item_metadata
+    except (OSError, ValueError):
+        return None
+    saved = getattr(saved, "tree", saved)  # a TreeMetadata wraps the nested dict
+    if not isinstance(saved, dict) or "params" not in saved:
+        return None
+    saved = {_names(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(saved["params"])}
+    wanted = {_names(p): tuple(a.shape) for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    problems = [f"{p}: saved {saved[p]}, this run {wanted[p]}" for p in sorted(saved.keys() & wanted.keys())
+                if saved[p] != wanted[p]]  # fmt: skip
+    if missing := sorted(wanted.keys() - saved.keys()):
+        problems.append(
+            f"not saved: {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        )
+    if extra := sorted(saved.keys() - wanted.keys()):
+        problems.append(
+            f"not in this run: {', '.join(extra[:3])}" + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        )
+    if not problems:
+        return None
+    return "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more shapes)" if len(problems) > 3 else "")
 
 
 def abstract_like(state):

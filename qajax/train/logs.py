@@ -9,6 +9,7 @@ Only the main process writes; every process converts and checks the values, so a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ import numpy as np
 from qajax.errors import DataError
 from qajax.files import atomic_write_text
 
+log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 _POSTFIX = {"loss": "loss", "examples_per_sec": "ex/s"}  # logged key -> progress-bar label
@@ -93,7 +95,7 @@ class MetricLogger:
     ):
         self.path = Path(workdir) / METRICS_FILE
         self.allow_nonfinite = tuple(allow_nonfinite)
-        self._file = self._tensorboard = self._bar = None
+        self._file = self._tensorboard = self._bar = self._line = None
         if not is_main_process:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,12 @@ class MetricLogger:
 
             # disable=None: no bar when stderr is not a terminal (batch jobs' log files).
             self._bar = tqdm(total=total_steps, initial=resume_step or 0, unit="step", dynamic_ncols=True, disable=None)
+            if getattr(self._bar, "disable", False):  # tqdm turned itself off: stderr is no terminal
+                self._bar = None
+        if self._bar is None and total_steps:  # no bar drawn: a plain line per log interval instead
+            from qajax.train.banner import StepLine
+
+            self._line = StepLine(total_steps, resume_step or 0)
 
     def _truncate(self, resume_step: int | None) -> None:
         """Drop a torn final line, and with resume_step=N every line with step > N; rewrite atomically."""
@@ -134,6 +142,8 @@ class MetricLogger:
             postfix = {label: f"{record[key]:.4g}" for key, label in _POSTFIX.items() if key in record}
             if postfix:
                 self._bar.set_postfix(postfix, refresh=False)
+        if self._line is not None and step > 0:
+            log.info("%s", self._line(step, record))
         return record
 
     def advance(self, step: int) -> None:

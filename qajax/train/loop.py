@@ -16,6 +16,7 @@ from qajax.data.batches import Position
 from qajax.errors import ConfigError
 from qajax.files import atomic_write_text
 from qajax.models.spec import SPEC_FILE
+from qajax.train.banner import start_banner
 from qajax.train.checkpoint import Checkpoints
 from qajax.train.logs import MetricLogger
 
@@ -67,6 +68,10 @@ def train(prepared, workdir: str | Path) -> dict:
     stopper = EarlyStopping(t.early_stopping_metric, t.early_stopping_mode, t.patience)
     start_step, state, position = restore_or_create(prepared, checkpoints, stopper)
     if is_main:
+        sizes = dict(
+            batch_size=t.batch_size, accumulation_steps=t.accumulation_steps, steps_per_epoch=prepared.steps_per_epoch
+        )
+        log.info("%s", start_banner(parallel, total_steps=prepared.total_steps, start_step=start_step, **sizes))
         workdir.mkdir(parents=True, exist_ok=True)
         config_lib.save(config, workdir)
         atomic_write_text(workdir / SPEC_FILE, task.spec.to_json() + "\n")
@@ -118,7 +123,6 @@ def restore_or_create(prepared, checkpoints: Checkpoints, stopper: EarlyStopping
     restored, data_position = checkpoints.restore(start_step, prepared.abstract_state)
     position = Position.from_json(data_position)
     stopper.restore(data_position.get("early_stopping"))
-    log.info("resumed from step %d (%s)", start_step, position)
     return start_step, parallel.place_state(restored), position
 
 
