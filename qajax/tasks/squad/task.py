@@ -13,10 +13,11 @@ from qajax.checkpoints.factory import load_or_init
 from qajax.data.epochs import PerEpochBatches, fit_rows
 from qajax.errors import ConfigError
 from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
-from qajax.tasks.squad import data, metric, postprocess
+from qajax.tasks.squad import data, postprocess
 from qajax.tasks.squad.eda import EdaConfig, augment_examples
 from qajax.tasks.squad.features import FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
+from qajax.tasks.squad.scoring import score_predictions
 from qajax.train.task import Task
 
 log = logging.getLogger(__name__)
@@ -134,34 +135,17 @@ def read_examples(t, seed: int) -> tuple[list, list]:
     return read_splits(t, seed)[:2]
 
 
-def metric_dataset(examples) -> list[dict]:
-    """The official metric's input (ids and reference texts are all it reads) for any examples,
-    multi-context ones included."""
-    qas = [
-        {
-            "id": e.id,
-            "question": e.question,
-            "answers": [{"text": a.text, "answer_start": a.start} for a in e.answers],
-            "is_impossible": e.is_impossible,
-        }
-        for e in examples
-    ]
-    return [{"title": "", "paragraphs": [{"context": "", "qas": qas}]}]
-
-
 class SquadEvaluation:
     """Logits of every window -> n-best predictions -> official v2.0 (or v1.1) metrics."""
 
     def __init__(self, examples, features, t):
         self.examples, self.features, self.t = examples, features, t
-        self.dataset = metric_dataset(examples)
-        self.last = None  # (predictions, nbest, null_odds) of the latest call, for the prediction files
 
     def __call__(self, outputs, arrays, null_threshold: float | None = None) -> dict[str, float]:
         """Scores at `null_threshold` (task.null_threshold when None)."""
         version_2 = self.t.version == "v2.0"
         cut = self.t.null_threshold if null_threshold is None else null_threshold
-        self.last = postprocess.postprocess(
+        predicted = postprocess.postprocess(
             self.examples,
             self.features,
             outputs["start_logits"],
@@ -171,22 +155,8 @@ class SquadEvaluation:
             null_threshold=cut,
             version_2=version_2,
         )
-        predictions, nbest, null_odds = self.last
-        if version_2:  # every best span with the cut: the same exact/f1, and best_* over every threshold
-            answered = postprocess.best_span_texts(nbest)
-            scores = metric.evaluate_v2(self.dataset, answered, na_probs=null_odds, na_prob_thresh=cut)
-            at_0 = scores if cut == 0.0 else metric.evaluate_v2(self.dataset, answered, null_odds, 0.0)
-            scores["f1_at_0"] = at_0["f1"]  # the model's own decision
-            if "HasAns_f1" in scores:  # the spans themselves: the best span of every answerable question
-                scores["always_answer_HasAns_f1"] = metric.evaluate_v2(self.dataset, answered)["HasAns_f1"]
-        else:
-            scores = metric.evaluate_v1(self.dataset, predictions)
+        scores = score_predictions(self.examples, *predicted, null_threshold=cut, version_2=version_2)
         return {f"eval/{k}": float(v) for k, v in scores.items()}
-
-    def write(self, out_dir: str | Path) -> None:
-        if self.last is None:
-            raise ValueError("nothing evaluated yet")
-        postprocess.write_predictions(out_dir, *self.last)
 
 
 class DevThresholdEvaluation:
@@ -212,13 +182,6 @@ class DevThresholdEvaluation:
             metrics["eval/null_threshold"] = threshold
         metrics.update({"dev/" + k.removeprefix("eval/"): v for k, v in dev.items()})
         return metrics
-
-    @property
-    def last(self):
-        return self.held_out.last
-
-    def write(self, out_dir: str | Path) -> None:
-        self.held_out.write(out_dir)
 
 
 def build(config) -> Task:

@@ -221,7 +221,8 @@ def test_eval_reproduces_the_training_evaluation(workdir, evaluated):
     """`qajax eval` on the demo's eval data scores what the loop's evaluation logged for the same checkpoint."""
     printed, _ = evaluated
     logged = next(r for r in read_metrics(workdir / METRICS_FILE) if r["step"] == 2 and "eval/f1" in r)
-    for key in ("exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1", "total"):
+    keys = ("exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1", "total", "f1_at_0", "always_answer_HasAns_f1")
+    for key in keys:
         np.testing.assert_allclose(printed[key], logged[f"eval/{key}"], atol=1e-6, err_msg=key)
 
 
@@ -363,7 +364,8 @@ def test_dev_threshold_evaluation_scores_held_out_at_the_best_dev_threshold():
 
     from qajax.tasks.squad.features import FeatureConfig, featurize
     from qajax.tasks.squad.postprocess import postprocess
-    from qajax.tasks.squad.task import DevThresholdEvaluation, SquadEvaluation, metric_dataset
+    from qajax.tasks.squad.scoring import metric_dataset
+    from qajax.tasks.squad.task import DevThresholdEvaluation, SquadEvaluation
 
     t = default_config()
     t.max_seq_length, t.doc_stride, t.max_query_length = 64, 16, 16
