@@ -158,13 +158,15 @@ def _add_bertscore_options(p) -> None:
 
 
 def _add_span_options(p) -> None:
+    from qajax.tasks.squad import features, postprocess
+
     p.add_argument("ckpt", help="a training workdir, a qajax model checkpoint or an HF folder with a QA head")
-    p.add_argument("--max-seq-length", type=int, default=384)
-    p.add_argument("--doc-stride", type=int, default=128)
-    p.add_argument("--max-query-length", type=int, default=64)
+    p.add_argument("--max-seq-length", type=int, default=features.MAX_SEQ_LENGTH)
+    p.add_argument("--doc-stride", type=int, default=features.DOC_STRIDE)
+    p.add_argument("--max-query-length", type=int, default=features.MAX_QUERY_LENGTH)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--n-best", type=int, default=20)
-    p.add_argument("--max-answer-length", type=int, default=30, help="tokens")
+    p.add_argument("--n-best", type=int, default=postprocess.N_BEST)
+    p.add_argument("--max-answer-length", type=int, default=postprocess.MAX_ANSWER_LENGTH, help="tokens")
     p.add_argument(
         "--null-threshold", type=float, default=None,
         help='predict "" when null - best span > this (default: what the run chose on its dev articles, else 0)',

@@ -13,6 +13,7 @@ from qajax.tasks.span import MODEL_INPUTS
 from qajax.tasks.squad import postprocess
 from qajax.tasks.squad.data import Example
 from qajax.tasks.squad.features import FeatureConfig, featurize
+from qajax.tasks.squad.postprocess import MAX_ANSWER_LENGTH, N_BEST
 from qajax.tasks.squad.scoring import metric_dataset, score_predictions
 from qajax.tasks.squad.task import load_tokenizer
 
@@ -70,7 +71,9 @@ class SpanPredictor:
             lambda params, batch: model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))[:2]
         )
 
-    def __call__(self, examples, *, n_best=20, max_answer_length=30, null_threshold=0.0, version_2=True):
+    def __call__(
+        self, examples, *, n_best=N_BEST, max_answer_length=MAX_ANSWER_LENGTH, null_threshold=0.0, version_2=True
+    ):
         features = featurize(examples, self.tokenizer, self.feature_config, for_training=False)
         starts, ends = [], []
         for batch in eval_batches({k: features[k] for k in MODEL_INPUTS}, batch_size=self.batch_size):

@@ -15,8 +15,9 @@ from qajax.errors import ConfigError
 from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
 from qajax.tasks.squad import data, postprocess
 from qajax.tasks.squad.eda import EdaConfig, augment_examples
-from qajax.tasks.squad.features import FeatureConfig, featurize_cached
+from qajax.tasks.squad.features import DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LENGTH, FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
+from qajax.tasks.squad.postprocess import MAX_ANSWER_LENGTH, N_BEST
 from qajax.tasks.squad.scoring import score_predictions
 from qajax.train.task import Task
 
@@ -38,15 +39,15 @@ def default_config() -> ml_collections.ConfigDict:
     t.skip_invalid = False  # True: skip malformed questions and report them
     t.contexts_per_question = 1  # > 1: seed 000's open-domain setting (distractor passages)
     t.tokenizer = ""  # '' = the model's own tokenizer files
-    t.max_seq_length = 384
-    t.doc_stride = 128  # tokens of overlap between windows of a long context
-    t.max_query_length = 64
+    t.max_seq_length = MAX_SEQ_LENGTH  # 384
+    t.doc_stride = DOC_STRIDE  # 128 tokens of overlap between windows of a long context
+    t.max_query_length = MAX_QUERY_LENGTH  # 64
     t.start_weight = 1.0  # seed 000's weighted-loss ablation: start_weight=2
     t.end_weight = 1.0
     t.span_head = "linear"  # seed 004's layer combinations: scalar_mix | layer_attention | bilinear_layer_attention
     # | extra_layer (qajax.models.layer_heads); only "linear" exports to Hugging Face
-    t.n_best = 20
-    t.max_answer_length = 30  # tokens
+    t.n_best = N_BEST  # 20
+    t.max_answer_length = MAX_ANSWER_LENGTH  # 30 tokens
     t.null_threshold = 0.0  # predict "" when null score - best span score > this
     t.cache_dir = "~/.cache/qajax/features"
     t.eda = eda_defaults()
