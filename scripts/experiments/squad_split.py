@@ -170,7 +170,7 @@ def run(workdir: str | Path, overrides=(), *, report: str | Path | None = REPORT
         }
         for r in evaluations
     }
-    result["dev_titles"] = list(t.get("dev_titles", ()))
+    result["dev_titles"] = list(t.dev_titles)
     if evaluations and "dev/best_f1" in evaluations[0]:
         result["dev_picked"] = dev_picked(evaluations)
     if dev_examples:  # the loop's final evaluation already chose the threshold on dev and scored every span

@@ -111,7 +111,7 @@ def read_splits(t, seed: int) -> tuple[list, list, list]:
         return examples
 
     train, dev = read(t.train_file, "train", 0), []
-    if t.get("dev_titles"):  # neither trained nor evaluated on
+    if t.dev_titles:  # neither trained nor evaluated on
         train, dev = data.split_by_title(train, tuple(t.dev_titles))
         if t.version == "v1.1":
             log.warning("task.dev_titles %s: left out of training, and unused (SQuAD v1.1 has no threshold)",
