@@ -37,14 +37,14 @@ def default_config() -> ml_collections.ConfigDict:
     t.dev_titles = ()  # articles of train_file held out of both (for choices like the null threshold)
     t.generated_passages = 300  # with "generated": passages of 4 questions each
     t.skip_invalid = False  # True: skip malformed questions and report them
-    t.contexts_per_question = 1  # > 1: seed 000's open-domain setting (distractor passages)
+    t.contexts_per_question = 1  # > 1: report 000's open-domain setting (distractor passages)
     t.tokenizer = ""  # '' = the model's own tokenizer files
     t.max_seq_length = MAX_SEQ_LENGTH  # 384
     t.doc_stride = DOC_STRIDE  # 128 tokens of overlap between windows of a long context
     t.max_query_length = MAX_QUERY_LENGTH  # 64
-    t.start_weight = 1.0  # seed 000's weighted-loss ablation: start_weight=2
+    t.start_weight = 1.0  # report 000's weighted-loss ablation: start_weight=2
     t.end_weight = 1.0
-    t.span_head = "linear"  # seed 004's layer combinations: scalar_mix | layer_attention | bilinear_layer_attention
+    t.span_head = "linear"  # report 004's layer combinations: scalar_mix | layer_attention | bilinear_layer_attention
     # | extra_layer (qajax.models.layer_heads); only "linear" exports to Hugging Face
     t.n_best = N_BEST  # 20
     t.max_answer_length = MAX_ANSWER_LENGTH  # 30 tokens
@@ -55,12 +55,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def eda_defaults() -> ml_collections.ConfigDict:
-    """`task.eda`: seed 000's EDA on training contexts (qajax.tasks.squad.eda), remade every epoch."""
+    """`task.eda`: report 000's EDA on training contexts (qajax.tasks.squad.eda), remade every epoch."""
     e = ml_collections.ConfigDict()
     e.enabled = False
     e.schedule = "linear"  # linear: start_rate at epoch 0 -> end_rate at the last ramp epoch; constant: end_rate
     e.start_rate = 0.0
-    e.end_rate = 0.1  # seed 000: constant 0.1 and 0.05 hurt, linear 0 -> 0.1 came closest to no EDA
+    e.end_rate = 0.1  # report 000: constant 0.1 and 0.05 hurt, linear 0 -> 0.1 came closest to no EDA
     e.ramp_epochs = 0  # 0: the whole run (train.epochs, or train.steps in epochs)
     e.swap = 1.0  # each operation's rate = scheduled rate * this share; 0 turns it off
     e.delete = 1.0

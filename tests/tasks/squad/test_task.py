@@ -39,7 +39,7 @@ TRAIN_OVERRIDES = (
     "checkpoint.asynchronous=false",
     "log.progress=false",
     "log.tensorboard=false",
-    "task.start_weight=2",  # seed 000's weighted-loss ablation
+    "task.start_weight=2",  # report 000's weighted-loss ablation
     "train.length_bucket=16",  # batches trimmed to 16, 32, 48 or 64 tokens: one compile per width
 )
 EVAL_SEED = 1  # demo config: seed 0 trains, seed 0 + 1 evaluates
