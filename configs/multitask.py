@@ -1,4 +1,4 @@
-"""Multitask fine-tuning of the real pretrained MiniLM on SST-5, Quora and STS-B (seeds 002 and 003).
+"""Multitask fine-tuning of the real pretrained MiniLM on SST-5, Quora and STS-B (reports 002 and 003).
 
 Data: the minBERT files of ../shared/data/minbert (run from the repo root; a missing folder is a clear error).
 
@@ -6,8 +6,8 @@ Data: the minBERT files of ../shared/data/minbert (run from the repo root; a mis
 
 Per-task curves: `qajax.tasks.multitask.report.plot_task_curves(workdir)` (qajax plot with report.CURVE_KEYS).
 
-Defaults follow seed 003's best model: cross-encoded pairs for Quora and STS, a shuffled batch order, and
-plain cross-entropy / BCE / MSE. Seed 002's variants are config keys: task.quora.form=concat|cosine,
+Defaults follow report 003's best model: cross-encoded pairs for Quora and STS, a shuffled batch order, and
+plain cross-entropy / BCE / MSE. Report 002's variants are config keys: task.quora.form=concat|cosine,
 task.shared_layers, task.task_layers, techniques.freeze (top layers only). PCGrad: task.schedule=together
 task.pcgrad=true. Predictions (input format) and confusion matrices: task.predictions_dir=runs/multitask/pred.
 

@@ -5,7 +5,7 @@ Default data: the 12 SQuAD 2.0 dev articles of ../shared/data, 9 for training an
     qajax train configs/squad.py --workdir runs/squad
 
 Other data: --set task.train_file=train-v2.0.json --set task.eval_file=dev-v2.0.json --set task.eval_titles=[]
-(or a hub name such as squad_v2 where there is a network). Multi-context QA (seed 000's open-domain setting,
+(or a hub name such as squad_v2 where there is a network). Multi-context QA (report 000's open-domain setting,
 three passages a question): --set task.contexts_per_question=3.
 """
 

@@ -14,7 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 WINDOW_KEYS = ("max_seq_length", "doc_stride", "max_query_length")
-WINDOW_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}  # HF run_qa's
+
+
+def _window_defaults() -> dict:
+    """HF run_qa's windows, as qajax's span task defines them (`qajax.tasks.squad.features`)."""
+    from qajax.tasks.squad import features
+
+    return {
+        "max_seq_length": features.MAX_SEQ_LENGTH,
+        "doc_stride": features.DOC_STRIDE,
+        "max_query_length": features.MAX_QUERY_LENGTH,
+    }
 
 
 def run_windows(ckpt: str | Path) -> dict:
@@ -31,7 +41,7 @@ def run_windows(ckpt: str | Path) -> dict:
 def window_settings(ckpt: str | Path, **given) -> dict:
     """The windows `given` (None: unset), else those the run trained with, else run_qa's."""
     run = run_windows(ckpt)
-    return {k: given[k] if given.get(k) is not None else run.get(k, WINDOW_DEFAULTS[k]) for k in WINDOW_KEYS}
+    return {k: given[k] if given.get(k) is not None else run.get(k, _window_defaults()[k]) for k in WINDOW_KEYS}
 
 
 def load_model(source: str | Path, head: str = "qa"):

@@ -29,7 +29,7 @@ from qajax.errors import ConfigError
 from qajax.models.config import EncoderConfig
 from qajax.models.flops import train_flops
 from qajax.models.heads import build_model, init_params
-from qajax.tasks.squad.loss import span_loss
+from qajax.tasks.span import span_loss
 from qajax.train.parallel import PMAP_AXIS, Parallel
 from qajax.train.state import TrainState
 from qajax.train.step import make_train_step

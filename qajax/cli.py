@@ -228,16 +228,23 @@ def _add_bertscore_options(p) -> None:
 
 
 def _add_span_options(p) -> None:
+    from qajax.tasks.squad import features, postprocess
+
     p.add_argument(
         "ckpt", help="a training workdir, a qajax model checkpoint, or an HF folder or hub id with a QA head"
     )
     run = "(None: the run's task setting, else %s)"
-    p.add_argument("--max-seq-length", type=int, default=None, help="tokens per window " + run % 384)
-    p.add_argument("--doc-stride", type=int, default=None, help="overlap of a context's windows " + run % 128)
-    p.add_argument("--max-query-length", type=int, default=None, help="question tokens kept " + run % 64)
+    window = "tokens per window " + run % features.MAX_SEQ_LENGTH
+    p.add_argument("--max-seq-length", type=int, default=None, help=window)
+    stride = "overlap of a context's windows " + run % features.DOC_STRIDE
+    p.add_argument("--doc-stride", type=int, default=None, help=stride)
+    query = "question tokens kept " + run % features.MAX_QUERY_LENGTH
+    p.add_argument("--max-query-length", type=int, default=None, help=query)
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
-    p.add_argument("--n-best", type=int, default=20, help="candidate spans kept per question")
-    p.add_argument("--max-answer-length", type=int, default=30, help="longest answer, in tokens")
+    p.add_argument("--n-best", type=int, default=postprocess.N_BEST, help="candidate spans kept per question")
+    p.add_argument(
+        "--max-answer-length", type=int, default=postprocess.MAX_ANSWER_LENGTH, help="longest answer, in tokens"
+    )
     p.add_argument(
         "--null-threshold",
         type=float,

@@ -1,15 +1,30 @@
-"""Writing files and folders so that an interrupted write never leaves a half-written result."""
+"""Reading JSON with an error that names the file, and writing files and folders so that an interrupted write
+never leaves a half-written result."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from qajax.errors import CheckpointError
+from qajax.errors import CheckpointError, DataError
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The parsed file; a missing, unreadable or malformed one raises DataError naming the file (and, for
+    malformed JSON, the line and column)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise DataError(f"cannot read the file: {e.strerror}", path=str(path)) from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"not valid JSON: {e}", path=str(path)) from e
 
 
 def _umask() -> int:

@@ -51,7 +51,7 @@ def load_or_init(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"model.{unknown[0]} is not an encoder setting; expected some of {sorted(known)}")
-    source = model_config.get("pretrained") or ""
+    source = model_config.pretrained
     if not source:
         spec = ModelSpec(EncoderConfig(**values), head, num_labels, span_head=span_head)
         model = spec.build()
@@ -87,7 +87,7 @@ def spec_for_shapes(model_config, head: str, *, num_labels: int = 2, span_head: 
     """The spec `load_or_init` would give, read without any weights: the architecture keys of a random
     init, or a pretrained folder's spec.json / config.json alone (what `qajax compile` needs)."""
     values = {k: v for k, v in model_config.items() if k not in _NOT_ENCODER}
-    source = model_config.get("pretrained") or ""
+    source = model_config.pretrained
     if not source:
         return ModelSpec(EncoderConfig(**values), head, num_labels, span_head=span_head)
     path = _resolve(source)

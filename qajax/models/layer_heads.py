@@ -1,8 +1,8 @@
-"""Span-QA heads that combine the encoder's layers (seed 004, "intermediate PCE models").
+"""Span-QA heads that combine the encoder's layers (report 004, "intermediate PCE models").
 
 The plain head (`linear`, HF's `qa_outputs`) scores token k with S^T T_k + b_s (start) and E^T T_k + b_e
 (end), T_k the last layer's output. The heads here first build a start and an end representation of each
-token from h_1..h_L, the outputs of the L encoder blocks (seed 004 section 3.2: 1 <= i <= L, so the
+token from h_1..h_L, the outputs of the L encoder blocks (report 004 section 3.2: 1 <= i <= L, so the
 embedding output hidden_states[0] is not mixed in), then score them with the same `qa_outputs`:
 
 - `scalar_mix` (3.2.1, ELMo): T'_k = gamma * sum_i w_i h_i with w = softmax(learned scores); start and end
@@ -18,7 +18,7 @@ embedding output hidden_states[0] is not mixed in), then score them with the sam
 Gaps the seed leaves open, and what we chose: the bias of `qa_outputs` is kept (HF has it; the seed's
 S^T T_k has none) and is not part of the query; new weights start like every other dense layer
 (normal(initializer_range)), mix scores at 0 (equal weights) and gamma at 1; attention over layers is
-computed in float32 and has no dropout. Seed 004's "Encoder model" (3.3.3: a transformer block that
+computed in float32 and has no dropout. report 004's "Encoder model" (3.3.3: a transformer block that
 attends over the layers with the query S or E) is not implemented; `extra_layer` is the issue's variant.
 
 Parameters: `qa_outputs/{kernel,bias}` exactly as HF's head (so an HF QA checkpoint's head loads) and the

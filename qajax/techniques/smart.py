@@ -1,5 +1,5 @@
 """SMART (Jiang et al., 2020, "SMART: Robust and Efficient Fine-Tuning ... through Principled Regularized
-Optimization"; seed 003): smoothness-inducing adversarial regularization plus a Bregman proximal point term,
+Optimization"; report 003): smoothness-inducing adversarial regularization plus a Bregman proximal point term,
 
     loss = task_loss + lambda_s * D(f(x), f(x + delta)) + mu * D(f(x), f_teacher(x))
 

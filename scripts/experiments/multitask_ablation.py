@@ -1,10 +1,10 @@
-"""The multitask ablations of seeds 002 and 003 on real data (SST-5, Quora, STS-B with MiniLM): the runs
+"""The multitask ablations of reports 002 and 003 on real data (SST-5, Quora, STS-B with MiniLM): the runs
 of multitask_minilm.py, once per variant with everything else equal.
 
     .venv/bin/python scripts/experiments/multitask_ablation.py --workdir runs/mt_ablation --variants base,smart
 
-Variants (VARIANTS below). Seed 002: freezing depth (the top 2 or 4 of the 6 layers train, embeddings
-frozen) and the learning-rate grid (5e-5, 1e-4 = base, 3e-4). Seed 003: SMART on, and the pair-head forms
+Variants (VARIANTS below). Report 002: freezing depth (the top 2 or 4 of the 6 layers train, embeddings
+frozen) and the learning-rate grid (5e-5, 1e-4 = base, 3e-4). Report 003: SMART on, and the pair-head forms
 (Quora as a [u; v; |u-v|] concat head or a cosine, STS-B cross-encoded instead of the siamese cosine).
 Each variant is one row of docs/results/multitask_ablation.md (all rows kept in multitask_ablation.jsonl)
 with a PNG of the per-task scores; the majority/zero baseline of the same dev rows is printed beside them.
@@ -44,7 +44,7 @@ def write_report(rows: list[dict], path: Path) -> None:
 
     base = rows[-1]["baseline"] if rows else {}
     lines = [
-        "# Ablations of seeds 002 and 003 on SST-5, Quora and STS-B (real data)",
+        "# Ablations of reports 002 and 003 on SST-5, Quora and STS-B (real data)",
         "",
         "Written by `scripts/experiments/multitask_ablation.py` from the runs it made (rows:",
         "`multitask_ablation.jsonl`). Settings: `scripts/experiments/multitask_minilm.py` (MiniLM-L6-H384, 64",

@@ -1,12 +1,12 @@
-"""The SQuAD ablations of seeds 000, 001 and 004 on real data: the SQuAD 2.0 article split of
+"""The SQuAD ablations of reports 000, 001 and 004 on real data: the SQuAD 2.0 article split of
 squad_split.py (8 train, 1 dev, 3 held out) trained once per variant with everything else equal, so the rows
 differ only in the technique.
 
     .venv/bin/python scripts/experiments/squad_ablation.py --workdir runs/ablation --variants baseline,sda,sdv
 
-Variants (VARIANTS below): baseline, weighted (start loss x2, seed 000's loss weighting), eda (the 0 -> 10%
+Variants (VARIANTS below): baseline, weighted (start loss x2, report 000's loss weighting), eda (the 0 -> 10%
 rate schedule), sda (parameter-averaged teacher of the last 3 steps), sdv (output-averaged teacher of the
-last 3 steps), smart; seed 001's lora and prompt; seed 004's span heads (scalar_mix, layer_attention,
+last 3 steps), smart; report 001's lora and prompt; report 004's span heads (scalar_mix, layer_attention,
 bilinear_layer_attention, extra_layer). Each trains squad_split.SETTINGS (`--epochs` to change its 5, then
 any --set), is scored as squad_split.run scores it (official v2.0 metric), and becomes one row of
 docs/results/squad_ablation.md (rows of earlier runs are kept in squad_ablation.jsonl) with a PNG of F1,
@@ -31,10 +31,10 @@ VARIANTS = {
     "sda": ("techniques.sda.enabled=true", "techniques.sda.window=3"),
     "sdv": ("techniques.sdv.enabled=true", "techniques.sdv.window=3"),
     "smart": ("techniques.smart.enabled=true",),
-    # seed 001: parameter-efficient fine-tuning (adapters / soft prompt and the span head train)
+    # report 001: parameter-efficient fine-tuning (adapters / soft prompt and the span head train)
     "lora": ("techniques.lora.enabled=true", "techniques.lora.rank=8"),
     "prompt": ("techniques.prompt.enabled=true",),
-    # seed 004: span heads over the layers instead of the last one
+    # report 004: span heads over the layers instead of the last one
     "scalar_mix": ("task.span_head=scalar_mix",),
     "layer_attention": ("task.span_head=layer_attention",),
     "bilinear_layer_attention": ("task.span_head=bilinear_layer_attention",),
@@ -58,7 +58,7 @@ def write_report(rows: list[dict], path: Path) -> None:
     from qajax.files import atomic_write_text
 
     lines = [
-        "# Ablations of seeds 000, 001 and 004 on SQuAD 2.0 (8 articles train, 1 dev, 3 held out; real data)",
+        "# Ablations of reports 000, 001 and 004 on SQuAD 2.0 (8 articles train, 1 dev, 3 held out; real data)",
         "",
         "Written by `scripts/experiments/squad_ablation.py` from the runs it made (rows: `squad_ablation.jsonl`).",
         "Same data, model (pretrained MiniLM-L6-H384, fresh span head), settings and seed in every row of one",

@@ -52,7 +52,7 @@ SETTINGS = (
 def baseline_f1(eval_examples) -> float:
     """The official v2.0 F1 of predicting "" for every question."""
     from qajax.tasks.squad import metric
-    from qajax.tasks.squad.task import metric_dataset
+    from qajax.tasks.squad.scoring import metric_dataset
 
     predictions = {e.id: "" for e in eval_examples}
     return float(metric.evaluate_v2(metric_dataset(eval_examples), predictions)["f1"])
@@ -72,39 +72,34 @@ def span_scores(workdir, train_examples, eval_examples, config, train_sample: in
     import math
     import random
 
-    from qajax.tasks.squad import metric
     from qajax.tasks.squad.features import FeatureConfig
     from qajax.tasks.squad.inference import SpanPredictor, load_qa_model
-    from qajax.tasks.squad.task import metric_dataset
+    from qajax.tasks.squad.scoring import score_predictions
 
     t = config.task
     features = FeatureConfig(t.max_seq_length, t.doc_stride, t.max_query_length)
     predictor = SpanPredictor(*load_qa_model(workdir), feature_config=features, batch_size=config.train.eval_batch_size)
 
-    def always_answer(examples) -> tuple[dict, dict]:  # the official scores of every best span, and their odds
-        predictions, _, odds = predictor(examples, n_best=t.n_best, max_answer_length=t.max_answer_length,
-                                         null_threshold=math.inf)  # fmt: skip
-        return predictions, odds
+    def scores_at(examples, threshold: float) -> dict:  # the official scores of every best span cut at `threshold`
+        predicted = predictor(examples, n_best=t.n_best, max_answer_length=t.max_answer_length,
+                              null_threshold=math.inf)  # fmt: skip
+        return score_predictions(examples, *predicted, null_threshold=threshold, version_2=True)
 
     if dev_examples:
         sample, source = list(dev_examples), f"dev articles {', '.join(config.task.dev_titles)}"
     else:
         sample = random.Random(config.seed).sample(list(train_examples), min(train_sample, len(train_examples)))
         source = f"{len(sample)} training questions"
-    predictions, odds = always_answer(sample)
-    on_train = metric.evaluate_v2(metric_dataset(sample), predictions, na_probs=odds, na_prob_thresh=math.inf)
+    on_train = scores_at(sample, math.inf)
     all_null = 100.0 * sum(e.is_impossible for e in sample) / len(sample)
     # The sweep reports 0.0 when no cut beats "no answer everywhere": then the chosen rule is exactly that.
     threshold = on_train["best_f1_thresh"] if on_train["best_f1"] > all_null else -math.inf
 
-    predictions, odds = always_answer(eval_examples)
-    dataset = metric_dataset(eval_examples)
-    every_span = metric.evaluate_v2(dataset, predictions, na_probs=odds, na_prob_thresh=math.inf)
-    chosen = metric.evaluate_v2(dataset, predictions, na_probs=odds, na_prob_thresh=threshold)
+    chosen = scores_at(eval_examples, threshold)  # best_* and always-answer do not depend on the cut
     return {
-        "always_answer_HasAns_f1": every_span["HasAns_f1"],
-        "tuned_f1": every_span["best_f1"],
-        "tuned_threshold": every_span["best_f1_thresh"],
+        "always_answer_HasAns_f1": chosen["always_answer_HasAns_f1"],
+        "tuned_f1": chosen["best_f1"],
+        "tuned_threshold": chosen["best_f1_thresh"],
         "train_sample": len(sample),
         "threshold_chosen_on": source,
         "train_threshold": threshold,
@@ -175,7 +170,7 @@ def run(workdir: str | Path, overrides=(), *, report: str | Path | None = REPORT
         }
         for r in evaluations
     }
-    result["dev_titles"] = list(t.get("dev_titles", ()))
+    result["dev_titles"] = list(t.dev_titles)
     if evaluations and "dev/best_f1" in evaluations[0]:
         result["dev_picked"] = dev_picked(evaluations)
     if dev_examples:  # the loop's final evaluation already chose the threshold on dev and scored every span

@@ -1,4 +1,4 @@
-"""Layer-combination span heads (seed 004): numpy reference math on a tiny random encoder's hidden states,
+"""Layer-combination span heads (report 004): numpy reference math on a tiny random encoder's hidden states,
 training through the loop, checkpoint reload, HF import (fresh head) and export (refused)."""
 
 import jax
@@ -92,7 +92,7 @@ def _attention_reference(blocks, queries):
 
 def test_layer_attention_uses_the_start_and_end_vectors_as_queries():
     _, params, out = _run("layer_attention")
-    assert "span_head" not in params  # seed 004: the dot-product model has no parameters of its own
+    assert "span_head" not in params  # report 004: the dot-product model has no parameters of its own
     blocks = np.asarray(out.hidden_states)[1:].astype(np.float64)
     kernel = np.asarray(params["qa_outputs"]["kernel"], np.float64)
     start, end = _project(*_attention_reference(blocks, kernel.T), params)
@@ -222,7 +222,7 @@ def test_a_linear_checkpoint_takes_a_new_span_head_and_a_layer_head_checkpoint_k
         load_or_init(section, "qa", span_head="layer_attention")
 
 
-# ~20 s each on two busy cores: the seed's best head runs by default, the others with -m slow.
+# ~20 s each on two busy cores: the report's best head runs by default, the others with -m slow.
 TRAINED = [h if h == "layer_attention" else pytest.param(h, marks=pytest.mark.slow) for h in LAYER_HEADS]
 
 

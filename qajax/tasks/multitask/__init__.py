@@ -1,4 +1,4 @@
-"""Multitask fine-tuning on sentence tasks (seeds 002 and 003): SST-5 sentiment, Quora paraphrase, STS-B
+"""Multitask fine-tuning on sentence tasks (reports 002 and 003): SST-5 sentiment, Quora paraphrase, STS-B
 similarity with one shared encoder.
 
 files (data.py) -> token arrays (features.py) -> per-task batches on a schedule (schedule.py) -> shared

@@ -1,4 +1,4 @@
-"""The task losses (seed 003, section 3) and how a head's outputs become predictions.
+"""The task losses (report 003, section 3) and how a head's outputs become predictions.
 
     cross_entropy       sentence classes (SST-5)
     bce                 binary cross-entropy on the pair logit (Quora)

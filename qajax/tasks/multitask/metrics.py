@@ -1,5 +1,5 @@
 """The minBERT project's metrics: accuracy (SST, Quora), Pearson's r (STS), and the composite score
-(seed 003, section 4.2): mean(SST accuracy, Quora accuracy, (Pearson + 1) / 2)."""
+(report 003, section 4.2): mean(SST accuracy, Quora accuracy, (Pearson + 1) / 2)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
-"""One shared encoder with a head per task (seeds 002 and 003).
+"""One shared encoder with a head per task (reports 002 and 003).
 
     sentence  (sst):         embed(x) -> task layers -> Dense(num_classes)
     pair, form "concat":     u, v = embed(a), embed(b) -> task layers each -> Dense over [u, v, |u - v|]
     pair, form "cosine":     u, v as above -> cos(u, v)             (Sentence-BERT's siamese cosine head)
     pair, form "cross":      embed([CLS] a [SEP] b [SEP]) -> task layers -> Dense(1)   (BERT's cross-encoding)
 
-`embed` = encoder -> pooling -> `shared_layers` x (dropout, Dense, ReLU), the same for every task (seed
-003's shared linear layer, seed 002's "common layers"); `task_layers` x (dropout, Dense, ReLU) belong to one
-task (seed 002's best: none shared, three per task counting the output layer = task_layers 2).
+`embed` = encoder -> pooling -> `shared_layers` x (dropout, Dense, ReLU), the same for every task (report
+003's shared linear layer, report 002's "common layers"); `task_layers` x (dropout, Dense, ReLU) belong to one
+task (report 002's best: none shared, three per task counting the output layer = task_layers 2).
 
 Outputs per task, float32: `score` (sst: [B, classes] logits; a pair task: [B], the logit of a binary task
 or the predicted value of a regression task), and for the siamese forms `cosine` [B] and the embeddings

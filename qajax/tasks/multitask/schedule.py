@@ -4,9 +4,9 @@ Each task has its own endless stream of batches (a `BatchIterator` over its arra
 shuffles). A schedule cuts training into epochs of a fixed number of steps and says, per step, which
 streams give a batch:
 
-    sequential     every batch of task 1, then every batch of task 2, ...   (seed 003's "naive" order)
+    sequential     every batch of task 1, then every batch of task 2, ...   (report 003's "naive" order)
     round_robin    1, 2, 3, 1, 2, 3, ... for len(tasks) x the largest task's batches (small tasks repeat)
-    shuffled       the sequential epoch in a random order (seed 003's best)
+    shuffled       the sequential epoch in a random order (report 003's best)
     proportional   each step one task drawn with probability proportional to its number of batches
     together       every step one batch of every task (what PCGrad needs: all task gradients in one step)
 

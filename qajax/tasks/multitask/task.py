@@ -56,8 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
     t.tokenizer = ""  # '' = the model's own tokenizer files
     t.max_seq_length = 128  # tokens of a sentence, or of a cross-encoded pair
     t.pooling = "cls"  # cls | mean | pooler
-    t.shared_layers = 0  # linear + ReLU layers shared by every task (seed 003: 1)
-    t.task_layers = 0  # linear + ReLU layers of each task's own before its output (seed 002: 2)
+    t.shared_layers = 0  # linear + ReLU layers shared by every task (report 003: 1)
+    t.task_layers = 0  # linear + ReLU layers of each task's own before its output (report 002: 2)
     t.head_dropout = 0.1
     t.schedule = "shuffled"  # see schedule.SCHEDULES
     t.pcgrad = False  # project conflicting task gradients (needs steps with several tasks: schedule=together)

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from qajax.errors import DataError
+from qajax.files import read_json
 from qajax.metrics.bertscore import BertScorer, score_answers
-from qajax.tasks.squad.metric import _load_json, _questions
+from qajax.tasks.squad.metric import _questions
 
 KEYS = ("precision", "recall", "f1")
 
@@ -64,14 +65,14 @@ def evaluate_bertscore_files(
     data_path, predictions_path, scorer: BertScorer, *, na_prob_path=None, na_prob_thresh: float = 1.0, **options
 ) -> dict[str, float]:
     """`evaluate_bertscore` on files, with v2.0 decided as `metric.evaluate_files` decides it."""
-    dataset = _load_json(data_path)
+    dataset = read_json(data_path)
     if not isinstance(dataset, dict) or "data" not in dataset:
         raise DataError("expected a SQuAD file: a JSON object with a 'data' list", path=str(data_path))
     version_2 = dataset.get("version") == "v2.0" or any(q.marked_impossible for q in _questions(dataset["data"]))
-    predictions = _load_json(predictions_path)
+    predictions = read_json(predictions_path)
     if not isinstance(predictions, dict):
         raise DataError("expected a JSON object mapping question id to an answer string", path=str(predictions_path))
-    na_probs = None if na_prob_path is None else _load_json(na_prob_path)
+    na_probs = None if na_prob_path is None else read_json(na_prob_path)
     return evaluate_bertscore(
         dataset, predictions, scorer, version_2=version_2, na_probs=na_probs, na_prob_thresh=na_prob_thresh, **options
     )

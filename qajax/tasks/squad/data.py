@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from qajax.errors import DataError
-from qajax.tasks.squad.metric import _load_json  # the package's one JSON reader: DataError with line and column
+from qajax.files import read_json
 
 MULTI_CONTEXT_VERSION = "qajax-multi-context-1"
 _V1_VERSIONS = ("1.1", "v1.1")  # the official v1.1 files say "1.1"
@@ -246,13 +246,13 @@ def read_squad(path, *, skip_invalid: bool = False, version: str | None = None) 
     semantics on v2.0 data: questions marked `is_impossible` are dropped (counted in `unanswerable_dropped`).
     """
     path = os.fspath(path)
-    return _parse_squad(_load_json(path), path, skip_invalid, version)
+    return _parse_squad(read_json(path), path, skip_invalid, version)
 
 
 def read_multi_context(path, *, skip_invalid: bool = False) -> Loaded:
     """Reads our multi-context JSON layout (module docstring) -> (examples, SkipReport)."""
     path = os.fspath(path)
-    return _parse_multi_context(_load_json(path), path, skip_invalid)
+    return _parse_multi_context(read_json(path), path, skip_invalid)
 
 
 def _read_rows(rows: Iterable[dict], source: str, skip_invalid: bool) -> Loaded:
@@ -310,7 +310,7 @@ def load(source, split: str = "train", *, skip_invalid: bool = False) -> Loaded:
     if source.startswith("tfds:"):
         return _load_tfds(source.removeprefix("tfds:"), split, skip_invalid)
     if source.endswith(".json") or os.path.isfile(source):
-        document = _load_json(source)
+        document = read_json(source)
         if _is_multi_context(document):
             return _parse_multi_context(document, source, skip_invalid)
         return _parse_squad(document, source, skip_invalid, None)

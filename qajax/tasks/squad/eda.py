@@ -1,9 +1,9 @@
-"""EDA for QA contexts (seed 000 section 2.3): random swap, deletion and duplication of context words.
+"""EDA for QA contexts (report 000 section 2.3): random swap, deletion and duplication of context words.
 
-Seed 000 drops EDA's synonym replacement and insertion (no synonym lists) and keeps three operations on
+Report 000 drops EDA's synonym replacement and insertion (no synonym lists) and keeps three operations on
 the context: swap two words, delete a word, and duplicate one (insert a copy of a random word at a random
 place). The question is never touched, nor the words of any answer, so every answer text still sits at
-its (recomputed) `start`. The rate follows a schedule over epochs: constant, or linear (the seed's best,
+its (recomputed) `start`. The rate follows a schedule over epochs: constant, or linear (the report's best,
 "Scheduled EDA (0 -> 10%)"; strong 10% and weak 5% constant rates hurt it).
 
 Words are runs of non-whitespace. A protected block is an answer's characters widened to the whole words
@@ -39,7 +39,7 @@ _WORD = re.compile(r"\S+")
 class EdaConfig:
     schedule: str = "linear"  # constant: end_rate every epoch; linear: start_rate at epoch 0 -> end_rate
     start_rate: float = 0.0
-    end_rate: float = 0.1  # seed 000: 0.1 (strong), 0.05 (weak), 0 -> 0.1 linear (the best of the three)
+    end_rate: float = 0.1  # report 000: 0.1 (strong), 0.05 (weak), 0 -> 0.1 linear (the best of the three)
     ramp_epochs: int = 1  # linear: end_rate is reached at epoch ramp_epochs - 1 and kept after
     swap: float = 1.0  # each operation's rate = the scheduled rate * this share (0 switches it off)
     delete: float = 1.0

@@ -31,12 +31,18 @@ from qajax.files import atomic_write_bytes
 FORMAT_VERSION = 1  # part of the cache key: bump when the arrays' meaning changes
 _CHUNK_PAIRS = 1024  # (question, context) pairs per tokenizer call: bounds the Python lists held at once
 
+# The windows of BERT's SQuAD runs (run_squad.py, HF run_qa): the defaults of FeatureConfig, of the task's
+# config (task.default_config) and of `qajax eval / predict`.
+MAX_SEQ_LENGTH = 384
+DOC_STRIDE = 128
+MAX_QUERY_LENGTH = 64
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-    max_seq_length: int = 384
-    doc_stride: int = 128  # overlap between consecutive windows, in tokens (the fast tokenizer's `stride`)
-    max_query_length: int = 64  # longer questions keep their first max_query_length tokens
+    max_seq_length: int = MAX_SEQ_LENGTH
+    doc_stride: int = DOC_STRIDE  # overlap between consecutive windows, in tokens (the fast tokenizer's `stride`)
+    max_query_length: int = MAX_QUERY_LENGTH  # longer questions keep their first max_query_length tokens
     pad_to_multiple_of: int | None = None  # None: always pad to max_seq_length (static shapes)
 
     def __post_init__(self):

@@ -10,10 +10,12 @@ import numpy as np
 from qajax.data.batches import eval_batches
 from qajax.errors import CheckpointError
 from qajax.tasks.span import MODEL_INPUTS
-from qajax.tasks.squad import metric, postprocess
+from qajax.tasks.squad import postprocess
 from qajax.tasks.squad.data import Example
 from qajax.tasks.squad.features import FeatureConfig, featurize
-from qajax.tasks.squad.task import load_tokenizer, metric_dataset
+from qajax.tasks.squad.postprocess import MAX_ANSWER_LENGTH, N_BEST
+from qajax.tasks.squad.scoring import metric_dataset, score_predictions
+from qajax.tasks.squad.task import load_tokenizer
 
 
 def load_qa_model(path: str | Path, **runtime):
@@ -69,7 +71,9 @@ class SpanPredictor:
             lambda params, batch: model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS))[:2]
         )
 
-    def __call__(self, examples, *, n_best=20, max_answer_length=30, null_threshold=0.0, version_2=True):
+    def __call__(
+        self, examples, *, n_best=N_BEST, max_answer_length=MAX_ANSWER_LENGTH, null_threshold=0.0, version_2=True
+    ):
         features = featurize(examples, self.tokenizer, self.feature_config, for_training=False)
         starts, ends = [], []
         for batch in eval_batches({k: features[k] for k in MODEL_INPUTS}, batch_size=self.batch_size):
@@ -90,24 +94,23 @@ class SpanPredictor:
         )
 
 
-def evaluate(predictor: SpanPredictor, examples, *, out_dir=None, version_2=True, bertscore=None, **options) -> dict:
-    """Official metrics of the predictions; `bertscore` (`tasks.squad.bertscore.evaluate_bertscore` with its
-    scorer and options bound) adds the BERTScore keys, judged with the same na_probs."""
-    predictions, nbest, null_odds = predictor(examples, version_2=version_2, **options)
+def evaluate(
+    predictor: SpanPredictor, examples, *, out_dir=None, version_2=True, null_threshold=0.0, bertscore=None, **options
+) -> dict:
+    """Official metrics of the predictions (`scoring.score_predictions`); `bertscore`
+    (`tasks.squad.bertscore.evaluate_bertscore` with its scorer and options bound) adds the BERTScore keys,
+    judged with the same na_probs."""
+    predictions, nbest, null_odds = predictor(examples, version_2=version_2, null_threshold=null_threshold, **options)
     if out_dir is not None:
         postprocess.write_predictions(out_dir, predictions, nbest, null_odds)
-    dataset = metric_dataset(examples)
-    if version_2:
-        # The metric's "no answer" cut is the one the predictions were made with (its default, 1.0, would
-        # blank answers kept by a higher null_threshold).
-        cut = options.get("null_threshold", 0.0)
-        answered = postprocess.best_span_texts(nbest)  # same exact/f1; best_* sweep every threshold
-        scores = metric.evaluate_v2(dataset, answered, na_probs=null_odds, na_prob_thresh=cut)
-    else:
-        scores = metric.evaluate_v1(dataset, predictions)
+    scores = score_predictions(
+        examples, predictions, nbest, null_odds, null_threshold=null_threshold, version_2=version_2
+    )
     if bertscore is not None:
-        judged = dict(na_probs=null_odds, na_prob_thresh=cut) if version_2 else dict(na_probs=None)
-        scores.update(bertscore(dataset, predictions, version_2=version_2, **judged))
+        # The "no answer" cut is the one the predictions were made with (the metric's default, 1.0, would blank
+        # answers kept by a higher null_threshold).
+        judged = dict(na_probs=null_odds, na_prob_thresh=null_threshold) if version_2 else dict(na_probs=None)
+        scores.update(bertscore(metric_dataset(examples), predictions, version_2=version_2, **judged))
     return scores
 
 

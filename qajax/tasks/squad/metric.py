@@ -8,9 +8,7 @@ says it is theirs. Where the scripts crash (KeyError, ZeroDivisionError) we rais
 from __future__ import annotations
 
 import collections
-import json
 import math
-import os
 import re
 import string
 import warnings
@@ -18,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from qajax.errors import DataError
+from qajax.files import read_json
 
 _PUNCTUATION = frozenset(string.punctuation)  # ASCII only: "’" or "–" survive, as in the scripts
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -226,29 +225,19 @@ def evaluate_v1(dataset, predictions: Mapping[str, str]) -> dict:
     return _score_v1(_questions(dataset), predictions)
 
 
-def _load_json(path: str | os.PathLike) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as e:
-        raise DataError(f"cannot read the file: {e.strerror}", path=str(path)) from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"not valid JSON: {e}", path=str(path)) from e
-
-
 def evaluate_files(data_path, predictions_path, na_prob_path=None, na_prob_thresh: float = 1.0) -> dict:
     """Scores a predictions file (id -> answer) against a SQuAD file, with optional na_prob file (id -> number).
 
     v2.0 semantics when the file's `version` is "v2.0" or any question has an `is_impossible` field, else v1.1.
     """
     data_path, predictions_path = str(data_path), str(predictions_path)
-    dataset = _load_json(data_path)
+    dataset = read_json(data_path)
     if not isinstance(dataset, dict) or "data" not in dataset:
         raise DataError("expected a SQuAD file: a JSON object with a 'data' list", path=data_path)
     questions = _questions(dataset["data"], data_path)
-    predictions = _load_json(predictions_path)
+    predictions = read_json(predictions_path)
     if dataset.get("version") == "v2.0" or any(q.marked_impossible for q in questions):
-        na_probs = None if na_prob_path is None else _load_json(na_prob_path)
+        na_probs = None if na_prob_path is None else read_json(na_prob_path)
         na_prob_path = None if na_prob_path is None else str(na_prob_path)
         return _score_v2(questions, predictions, na_probs, na_prob_thresh, predictions_path, na_prob_path)
     if na_prob_path is not None:

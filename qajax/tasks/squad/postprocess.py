@@ -23,6 +23,11 @@ from qajax.files import atomic_write_text
 # so null_odds.json stays valid JSON (no Infinity) for the official script's --na-prob-file.
 NO_CANDIDATE_NULL_ODDS = 1e9
 
+# BERT's run_squad.py settings: the defaults of `postprocess`, of the task's config (task.default_config) and
+# of `qajax eval / predict`.
+N_BEST = 20
+MAX_ANSWER_LENGTH = 30  # tokens
+
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
@@ -136,8 +141,8 @@ def postprocess(
     start_logits: np.ndarray,  # [F, L]
     end_logits: np.ndarray,  # [F, L]
     *,
-    n_best: int = 20,
-    max_answer_length: int = 30,
+    n_best: int = N_BEST,
+    max_answer_length: int = MAX_ANSWER_LENGTH,
     null_threshold: float = 0.0,
     version_2: bool = True,
 ) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:

@@ -13,10 +13,12 @@ from qajax.checkpoints.factory import load_or_init
 from qajax.data.epochs import PerEpochBatches, fit_rows
 from qajax.errors import ConfigError
 from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
-from qajax.tasks.squad import data, metric, postprocess
+from qajax.tasks.squad import data, postprocess
 from qajax.tasks.squad.eda import EdaConfig, augment_examples
-from qajax.tasks.squad.features import FeatureConfig, featurize_cached
+from qajax.tasks.squad.features import DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LENGTH, FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
+from qajax.tasks.squad.postprocess import MAX_ANSWER_LENGTH, N_BEST
+from qajax.tasks.squad.scoring import score_predictions
 from qajax.train.task import Task
 
 log = logging.getLogger(__name__)
@@ -35,17 +37,17 @@ def default_config() -> ml_collections.ConfigDict:
     t.dev_titles = ()  # articles of train_file held out of both (for choices like the null threshold)
     t.generated_passages = 300  # with "generated": passages of 4 questions each
     t.skip_invalid = False  # True: skip malformed questions and report them
-    t.contexts_per_question = 1  # > 1: seed 000's open-domain setting (distractor passages)
+    t.contexts_per_question = 1  # > 1: report 000's open-domain setting (distractor passages)
     t.tokenizer = ""  # '' = the model's own tokenizer files
-    t.max_seq_length = 384
-    t.doc_stride = 128  # tokens of overlap between windows of a long context
-    t.max_query_length = 64
-    t.start_weight = 1.0  # seed 000's weighted-loss ablation: start_weight=2
+    t.max_seq_length = MAX_SEQ_LENGTH  # 384
+    t.doc_stride = DOC_STRIDE  # 128 tokens of overlap between windows of a long context
+    t.max_query_length = MAX_QUERY_LENGTH  # 64
+    t.start_weight = 1.0  # report 000's weighted-loss ablation: start_weight=2
     t.end_weight = 1.0
-    t.span_head = "linear"  # seed 004's layer combinations: scalar_mix | layer_attention | bilinear_layer_attention
+    t.span_head = "linear"  # report 004's layer combinations: scalar_mix | layer_attention | bilinear_layer_attention
     # | extra_layer (qajax.models.layer_heads); only "linear" exports to Hugging Face
-    t.n_best = 20
-    t.max_answer_length = 30  # tokens
+    t.n_best = N_BEST  # 20
+    t.max_answer_length = MAX_ANSWER_LENGTH  # 30 tokens
     t.null_threshold = 0.0  # predict "" when null score - best span score > this
     t.cache_dir = "~/.cache/qajax/features"
     t.eda = eda_defaults()
@@ -53,12 +55,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def eda_defaults() -> ml_collections.ConfigDict:
-    """`task.eda`: seed 000's EDA on training contexts (qajax.tasks.squad.eda), remade every epoch."""
+    """`task.eda`: report 000's EDA on training contexts (qajax.tasks.squad.eda), remade every epoch."""
     e = ml_collections.ConfigDict()
     e.enabled = False
     e.schedule = "linear"  # linear: start_rate at epoch 0 -> end_rate at the last ramp epoch; constant: end_rate
     e.start_rate = 0.0
-    e.end_rate = 0.1  # seed 000: constant 0.1 and 0.05 hurt, linear 0 -> 0.1 came closest to no EDA
+    e.end_rate = 0.1  # report 000: constant 0.1 and 0.05 hurt, linear 0 -> 0.1 came closest to no EDA
     e.ramp_epochs = 0  # 0: the whole run (train.epochs, or train.steps in epochs)
     e.swap = 1.0  # each operation's rate = scheduled rate * this share; 0 turns it off
     e.delete = 1.0
@@ -109,7 +111,7 @@ def read_splits(t, seed: int) -> tuple[list, list, list]:
         return examples
 
     train, dev = read(t.train_file, "train", 0), []
-    if t.get("dev_titles"):  # neither trained nor evaluated on
+    if t.dev_titles:  # neither trained nor evaluated on
         train, dev = data.split_by_title(train, tuple(t.dev_titles))
         if t.version == "v1.1":
             log.warning("task.dev_titles %s: left out of training, and unused (SQuAD v1.1 has no threshold)",
@@ -134,34 +136,17 @@ def read_examples(t, seed: int) -> tuple[list, list]:
     return read_splits(t, seed)[:2]
 
 
-def metric_dataset(examples) -> list[dict]:
-    """The official metric's input (ids and reference texts are all it reads) for any examples,
-    multi-context ones included."""
-    qas = [
-        {
-            "id": e.id,
-            "question": e.question,
-            "answers": [{"text": a.text, "answer_start": a.start} for a in e.answers],
-            "is_impossible": e.is_impossible,
-        }
-        for e in examples
-    ]
-    return [{"title": "", "paragraphs": [{"context": "", "qas": qas}]}]
-
-
 class SquadEvaluation:
     """Logits of every window -> n-best predictions -> official v2.0 (or v1.1) metrics."""
 
     def __init__(self, examples, features, t):
         self.examples, self.features, self.t = examples, features, t
-        self.dataset = metric_dataset(examples)
-        self.last = None  # (predictions, nbest, null_odds) of the latest call, for the prediction files
 
     def __call__(self, outputs, arrays, null_threshold: float | None = None) -> dict[str, float]:
         """Scores at `null_threshold` (task.null_threshold when None)."""
         version_2 = self.t.version == "v2.0"
         cut = self.t.null_threshold if null_threshold is None else null_threshold
-        self.last = postprocess.postprocess(
+        predicted = postprocess.postprocess(
             self.examples,
             self.features,
             outputs["start_logits"],
@@ -171,22 +156,8 @@ class SquadEvaluation:
             null_threshold=cut,
             version_2=version_2,
         )
-        predictions, nbest, null_odds = self.last
-        if version_2:  # every best span with the cut: the same exact/f1, and best_* over every threshold
-            answered = postprocess.best_span_texts(nbest)
-            scores = metric.evaluate_v2(self.dataset, answered, na_probs=null_odds, na_prob_thresh=cut)
-            at_0 = scores if cut == 0.0 else metric.evaluate_v2(self.dataset, answered, null_odds, 0.0)
-            scores["f1_at_0"] = at_0["f1"]  # the model's own decision
-            if "HasAns_f1" in scores:  # the spans themselves: the best span of every answerable question
-                scores["always_answer_HasAns_f1"] = metric.evaluate_v2(self.dataset, answered)["HasAns_f1"]
-        else:
-            scores = metric.evaluate_v1(self.dataset, predictions)
+        scores = score_predictions(self.examples, *predicted, null_threshold=cut, version_2=version_2)
         return {f"eval/{k}": float(v) for k, v in scores.items()}
-
-    def write(self, out_dir: str | Path) -> None:
-        if self.last is None:
-            raise ValueError("nothing evaluated yet")
-        postprocess.write_predictions(out_dir, *self.last)
 
 
 class DevThresholdEvaluation:
@@ -212,13 +183,6 @@ class DevThresholdEvaluation:
             metrics["eval/null_threshold"] = threshold
         metrics.update({"dev/" + k.removeprefix("eval/"): v for k, v in dev.items()})
         return metrics
-
-    @property
-    def last(self):
-        return self.held_out.last
-
-    def write(self, out_dir: str | Path) -> None:
-        self.held_out.write(out_dir)
 
 
 def build(config) -> Task:

@@ -1,4 +1,4 @@
-"""EDA for QA contexts (seed 000): answers stay at their offsets, the question and answer words are never
+"""EDA for QA contexts (report 000): answers stay at their offsets, the question and answer words are never
 touched, each operation does what it says (checked on the words themselves), the rate schedule, determinism
 per (seed, epoch, id), and the per-epoch training batches of the squad task.
 
