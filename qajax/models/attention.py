@@ -34,6 +34,7 @@ token attends to) differ between implementations, and a row with no token at all
 
 Pallas kernels are not partitioned by XLA: with several devices, trace under `jax.set_mesh(mesh)` and the
 kernel runs per device over the batch split across every mesh axis (as `qajax.train.parallel` splits it).
+Without a mesh in context on a host with several devices, `auto` takes xla instead (and says so once).
 On CPU, Pallas runs only in interpret mode (`jax.experimental.pallas.tpu.force_tpu_interpret_mode()`
 around the tracing), which the tests use.
 """
@@ -86,6 +87,14 @@ def resolve_implementation(implementation: str, platform: str = "", dtype=jnp.fl
         return implementation
     platform = platform or jax.default_backend()
     if platform == "tpu":
+        if jax.sharding.get_abstract_mesh().empty and jax.device_count() > 1:
+            # Several devices and no mesh to split the kernel over (see the module docstring): XLA's attention.
+            _warn_once(
+                "pallas-mesh",
+                "auto attention on %d TPU devices without jax.set_mesh: xla, not pallas",
+                jax.device_count(),
+            )
+            return "xla"
         return "pallas"
     if platform in ("gpu", "cuda") and jnp.dtype(dtype) in _CUDNN_DTYPES:
         return "cudnn"
@@ -112,17 +121,21 @@ def plan(implementation, platform, dtype, *, dropout_rate: float, output_probs: 
 _warned: set[str] = set()
 
 
+def _warn_once(topic: str, message: str, *args) -> None:
+    if topic not in _warned:
+        _warned.add(topic)
+        log.warning(message, *args)
+
+
 def _warn_no_attention_dropout(kernel: str, rate: float) -> None:
-    if kernel not in _warned:
-        _warned.add(kernel)
-        why = "under scan_layers" if kernel == "cudnn" else "the kernel has none"
-        log.warning(
-            "attention_implementation=%s trains without attention dropout (model.attention_dropout=%g: %s); "
-            "hidden dropout still applies; set model.attention_implementation='explicit' to keep it",
-            kernel,
-            rate,
-            why,
-        )
+    _warn_once(
+        kernel,
+        "attention_implementation=%s trains without attention dropout (model.attention_dropout=%g: %s); "
+        "hidden dropout still applies; set model.attention_implementation='explicit' to keep it",
+        kernel,
+        rate,
+        "under scan_layers" if kernel == "cudnn" else "the kernel has none",
+    )
 
 
 def explicit_attention(query, key, value, mask: AttentionMask, *, dropout: Callable, dtype):

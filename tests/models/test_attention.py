@@ -139,6 +139,11 @@ def test_plan_picks_the_platform_kernel_and_drops_attention_dropout_only_where_n
         "attention_implementation=pallas",
         "attention_implementation=cudnn",
     ]
+    # Several TPU devices and no mesh to split the Pallas kernel over: auto keeps XLA's attention.
+    assert attention.resolve_implementation("auto", "tpu") == "pallas"
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    assert attention.resolve_implementation("auto", "tpu") == "xla"
+    assert attention.resolve_implementation("pallas", "tpu") == "pallas"
 
 
 def test_config_rejects_cudnn_in_float32_and_unknown_platforms():
