@@ -9,10 +9,13 @@
               of 8). Padding goes in as key lengths, the one form whose shape cuDNN accepts (a [batch, 1, 1,
               seq] mask is refused: "Bias must have same seq length as QKV"). The lengths assume the tokens
               of a row are a prefix: featurizers right-pad and a soft prompt is prepended as tokens. Packed
-              rows (segment ids) go in as a full [batch, 1, seq, seq] mask instead.
+              rows (segment ids) go in as a full [batch, 1, seq, seq] mask instead (cuDNN trains with a
+              mask only for even sequence lengths).
     pallas    the Pallas TPU flash-attention kernel (`jax.experimental.pallas.ops.tpu.flash_attention`),
               padding and packing as segment ids. The sequence is padded to a multiple of 128, the kernel's
               block size (its default blocks, 128 everywhere, not tuned here: no TPU to measure on).
+              In bfloat16 it needs the default matmul precision: Mosaic refuses float32-precision
+              products of bfloat16 ("Bad lhs type" under JAX_DEFAULT_MATMUL_PRECISION=highest).
     auto      the fused kernel of the platform compiled for: cpu -> xla (the fastest CPU path: the
               behaviour before this module existed), gpu -> cudnn (xla when computing in float32, which
               cuDNN does not take), tpu -> pallas.
