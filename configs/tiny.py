@@ -39,7 +39,8 @@ def get_config():
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
     config.model.remat = False
     config.model.scan_layers = False
-    config.model.attention_implementation = "auto"
+    config.model.attention_implementation = "auto"  # auto | xla | cudnn | pallas | explicit
+    config.model.attention_platform = ""  # what auto compiles for: "" = this machine; "tpu" | "gpu" ahead of time
 
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 10

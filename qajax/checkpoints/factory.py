@@ -20,6 +20,7 @@ RUNTIME_FIELDS = (
     "remat",
     "scan_layers",
     "attention_implementation",
+    "attention_platform",
     "hidden_dropout",
     "attention_dropout",
     "classifier_dropout",
@@ -34,7 +35,8 @@ def pretrained_section(pretrained: str) -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
     m.remat = False  # recompute layers in the backward pass (memory for FLOPs)
     m.scan_layers = False  # lax.scan over layers (compile time on deep models)
-    m.attention_implementation = "auto"  # auto | xla | cudnn | explicit
+    m.attention_implementation = "auto"  # auto | xla | cudnn | pallas | explicit
+    m.attention_platform = ""  # the platform `auto` compiles for: "" = this machine's; "tpu" | "gpu" ahead of time
     m.hidden_dropout = 0.1
     m.attention_dropout = 0.1
     return m

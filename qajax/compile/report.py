@@ -101,9 +101,8 @@ def compile_config(config, target: Target, *, devices=None, eval_step: bool = Tr
 
 def _with_attention_platform(config, target: Target) -> None:
     """`model.attention_implementation=auto` picks the kernel of the platform compiled for, not this host's."""
-    if "attention_platform" in config.model:
-        with config.unlocked():
-            config.model.attention_platform = "gpu" if target.platform == "cuda" else target.platform
+    with config.unlocked():
+        config.model.attention_platform = "gpu" if target.platform == "cuda" else target.platform
 
 
 def _memory(compiled) -> dict:

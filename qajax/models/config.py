@@ -8,10 +8,11 @@ from typing import Any
 import jax.numpy as jnp
 
 from qajax.errors import ConfigError
+from qajax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from qajax.models.attention import PLATFORMS as ATTENTION_PLATFORMS
 
 FAMILIES = ("bert", "electra", "albert")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "quick_gelu", "tanh")
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "explicit")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -49,7 +50,8 @@ class EncoderConfig:
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass (memory for FLOPs)
     scan_layers: bool = False  # lax.scan over layers: compile once per layer, not per depth
-    attention_implementation: str = "auto"
+    attention_implementation: str = "auto"  # auto | xla | cudnn | pallas | explicit (qajax.models.attention)
+    attention_platform: str = ""  # what `auto` compiles for: "" = jax.default_backend(); "tpu"/"gpu" ahead of time
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -68,6 +70,12 @@ class EncoderConfig:
                 f"model.attention_implementation={self.attention_implementation!r}: "
                 f"expected one of {ATTENTION_IMPLEMENTATIONS}"
             )
+        if self.attention_platform not in ATTENTION_PLATFORMS:
+            raise ConfigError(
+                f"model.attention_platform={self.attention_platform!r}: expected one of {ATTENTION_PLATFORMS}"
+            )
+        if self.attention_implementation == "cudnn" and self.dtype == "float32":
+            raise ConfigError("model.attention_implementation='cudnn' needs model.dtype bfloat16 or float16")
         if self.family == "albert":
             if self.num_layers % self.num_groups:
                 raise ConfigError(

@@ -13,6 +13,7 @@ scanned with its parameters broadcast, so its tree does not change.
 
 from __future__ import annotations
 
+import zlib
 from functools import partial
 from typing import NamedTuple
 
@@ -20,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qajax.models import attention
+from qajax.models.attention import AttentionMask, make_attention_mask
 from qajax.models.config import EncoderConfig
 from qajax.models.dropout import Dropout
 
@@ -68,16 +71,12 @@ def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
     )
 
 
-def attention_mask_to_bool(attention_mask: jax.Array) -> jax.Array:
-    """[batch, seq] of 1/0 -> [batch, 1, 1, seq] booleans, True where a key may be attended to."""
-    return (attention_mask > 0)[:, None, None, :]
-
-
-def attend(config, hidden, mask, *, deterministic, output_attentions):
+def attend(config, hidden, mask: AttentionMask, *, deterministic, output_attentions, dropout_seed=0):
     """Multi-head self-attention; creates `query`, `key`, `value` in the calling module's scope.
 
-    hidden [batch, seq, hidden], mask [batch, 1, 1, seq] bool -> context [batch, seq, hidden] and the
-    attention probabilities [batch, heads, seq, seq] (or None).
+    hidden [batch, seq, hidden] -> context [batch, seq, hidden] and the attention probabilities
+    [batch, heads, seq, seq] (or None). The math per implementation is in `qajax.models.attention`;
+    `dropout_seed` seeds cuDNN's in-kernel attention dropout (a static int, one per layer).
     """
     split = lambda x: x.reshape(x.shape[:2] + (config.num_heads, config.head_dim))  # [B, T, N, D]
     query = split(dense(config, config.hidden_size, "query")(hidden))
@@ -85,21 +84,29 @@ def attend(config, hidden, mask, *, deterministic, output_attentions):
     value = split(dense(config, config.hidden_size, "value")(hidden))
 
     dropout_probs = not deterministic and config.attention_dropout > 0.0
-    explicit = output_attentions or dropout_probs or config.attention_implementation == "explicit"
-    if not explicit:
-        implementation = None if config.attention_implementation == "auto" else config.attention_implementation
-        context = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+    path, kernel_dropout = attention.plan(
+        config.attention_implementation,
+        config.attention_platform,
+        config.compute_dtype,
+        dropout_rate=config.attention_dropout if dropout_probs else 0.0,
+        output_probs=output_attentions,
+        scanned=config.scan_layers,
+    )
+    if path != "explicit":
+        context = attention.fused_attention(
+            query, key, value, mask, path=path, dropout_rate=kernel_dropout, dropout_seed=dropout_seed
+        )
         return context.reshape(hidden.shape), None
 
     # The explicit path: needed for dropout on the probabilities and to return them.
-    # Scaled before the product, as flax's attention does: a pass over [B, T, N, D], not over the scores.
-    query = query / jnp.sqrt(config.head_dim).astype(query.dtype)
-    scores = jnp.einsum("btnd,bsnd->bnts", query, key)
-    scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(config.compute_dtype)  # [B, N, T, S]
-    dropped = Dropout(config.attention_dropout)(probs, deterministic=not dropout_probs)
-    context = jnp.einsum("bnts,bsnd->btnd", dropped, value)
+    drop = partial(Dropout(config.attention_dropout), deterministic=not dropout_probs)
+    context, probs = attention.explicit_attention(query, key, value, mask, dropout=drop, dtype=config.compute_dtype)
     return context.reshape(hidden.shape), (probs if output_attentions else None)
+
+
+def module_seed(module: nn.Module) -> int:
+    """A static int that differs between layers: cuDNN's dropout seed (see `qajax.models.attention`)."""
+    return zlib.crc32("/".join(module.scope.path).encode())
 
 
 def project_add_norm(config, x, residual, *, deterministic, dense_name="dense", norm_name="LayerNorm"):
@@ -117,7 +124,12 @@ class SelfAttention(nn.Module):  # BERT: attention/self
     @nn.compact
     def __call__(self, hidden, mask):
         return attend(
-            self.config, hidden, mask, deterministic=self.deterministic, output_attentions=self.output_attentions
+            self.config,
+            hidden,
+            mask,
+            deterministic=self.deterministic,
+            output_attentions=self.output_attentions,
+            dropout_seed=module_seed(self),
         )
 
 
@@ -176,7 +188,12 @@ class AlbertAttention(nn.Module):  # ALBERT: attention holds query/key/value/den
     @nn.compact
     def __call__(self, hidden, mask):
         context, probs = attend(
-            self.config, hidden, mask, deterministic=self.deterministic, output_attentions=self.output_attentions
+            self.config,
+            hidden,
+            mask,
+            deterministic=self.deterministic,
+            output_attentions=self.output_attentions,
+            dropout_seed=module_seed(self),
         )
         return project_add_norm(self.config, context, hidden, deterministic=self.deterministic), probs
 
@@ -390,6 +407,7 @@ class Encoder(nn.Module):
         *,
         inputs_embeds=None,  # [batch, seq, embedding]: replaces the word-embedding lookup
         prompt_embeds=None,  # [prompt, embedding] or [batch, prompt, embedding]: prepended soft prompt
+        segment_ids=None,  # [batch, seq] int: windows packed in a row attend within their window; 0 = padding
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -399,6 +417,8 @@ class Encoder(nn.Module):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         batch, seq = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         num_prompt = 0 if prompt_embeds is None else prompt_embeds.shape[-2]
+        if num_prompt and segment_ids is not None:
+            raise ValueError("segment_ids (packed rows) with a soft prompt: which window would the prompt join?")
         if num_prompt + seq > c.max_position_embeddings:
             raise ValueError(
                 f"{num_prompt} prompt + {seq} tokens exceed max_position_embeddings={c.max_position_embeddings}"
@@ -427,7 +447,7 @@ class Encoder(nn.Module):
             embedded = dense(c, c.hidden_size, "embeddings_project")(embedded)
         body = AlbertEncoder if c.family == "albert" else BertEncoder
         encoder = body(c, deterministic, output_attentions, output_hidden_states, name="encoder")
-        first, hidden, hidden_states, probs = encoder(embedded, attention_mask_to_bool(attention_mask))
+        first, hidden, hidden_states, probs = encoder(embedded, make_attention_mask(attention_mask, segment_ids))
 
         # Drop the soft-prompt positions so that outputs line up with the input tokens.
         hidden = hidden[:, num_prompt:]

@@ -55,7 +55,12 @@ class SpanQAModel(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones(out.last_hidden_state.shape[:2], jnp.int32)
         start, end = layer_span_logits(
-            c, self.span_head, out.hidden_states, attention_mask, deterministic=options.get("deterministic", True)
+            c,
+            self.span_head,
+            out.hidden_states,
+            attention_mask,
+            segment_ids=options.get("segment_ids"),
+            deterministic=options.get("deterministic", True),
         )
         return SpanLogits(start, end, out.hidden_states if wanted_states else None, out.attentions)
 

@@ -31,8 +31,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qajax.models.attention import make_attention_mask
 from qajax.models.config import EncoderConfig
-from qajax.models.encoder import BertLayer, attention_mask_to_bool
+from qajax.models.encoder import BertLayer
 
 SPAN_HEADS = ("linear", "scalar_mix", "layer_attention", "bilinear_layer_attention", "extra_layer")
 SCOPE = "span_head"  # where a layer-combination head keeps the weights HF's *ForQuestionAnswering lacks
@@ -104,11 +105,14 @@ class BilinearQueries(nn.Module):
         return jnp.einsum("sh,hg->sg", queries.astype(jnp.float32), bilinear.astype(jnp.float32))
 
 
-def layer_span_logits(config: EncoderConfig, span_head: str, hidden_states, attention_mask, *, deterministic):
+def layer_span_logits(
+    config: EncoderConfig, span_head: str, hidden_states, attention_mask, *, segment_ids=None, deterministic
+):
     """Start and end logits [batch, seq] (float32) of a layer-combination head; call it inside a compact
     module: it creates `qa_outputs` and `span_head` there.
 
-    hidden_states [num_layers + 1, batch, seq, hidden] (embeddings first); attention_mask [batch, seq].
+    hidden_states [num_layers + 1, batch, seq, hidden] (embeddings first); attention_mask [batch, seq];
+    segment_ids [batch, seq] for packed rows, as the encoder took them.
     """
     check_span_head(span_head)
     if span_head == "linear":
@@ -123,7 +127,7 @@ def layer_span_logits(config: EncoderConfig, span_head: str, hidden_states, atte
         queries = BilinearQueries(config, name=SCOPE)(projection.queries())
         representations, _ = attend_over_layers(queries, blocks)
     else:  # extra_layer
-        mask = attention_mask_to_bool(attention_mask)
+        mask = make_attention_mask(attention_mask, segment_ids)
         top, _ = BertLayer(config, deterministic, name=SCOPE)(hidden_states[-1], mask)
         representations = jnp.broadcast_to(top, (2,) + top.shape)
     return projection(representations)

@@ -189,7 +189,8 @@ class Parallel:
         if self.mode == "pmap":
             return jax.pmap(predict_fn)
         replicated = NamedSharding(self.mesh, P())
-        return jax.jit(predict_fn, in_shardings=(param_shardings, self.batch_sharding(1)), out_shardings=replicated)
+        jitted = jax.jit(predict_fn, in_shardings=(param_shardings, self.batch_sharding(1)), out_shardings=replicated)
+        return UnderMesh(jitted, self.mesh)
 
     @staticmethod
     def compilations(compiled_fn) -> int | None:
@@ -201,12 +202,13 @@ class Parallel:
             return jax.pmap(step_fn, axis_name=PMAP_AXIS, donate_argnums=0)
         state_shardings = jax.tree.map(lambda s: s.sharding, abstract_state)
         replicated = NamedSharding(self.mesh, P())
-        return jax.jit(
+        jitted = jax.jit(
             step_fn,
             in_shardings=(state_shardings, self.batch_sharding()),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         )
+        return UnderMesh(jitted, self.mesh)
 
     def metrics_to_host(self, metrics) -> dict:
         """One transfer for the whole dict, at log intervals only."""
@@ -214,6 +216,25 @@ class Parallel:
         if self.mode == "pmap":
             metrics = jax.tree.map(lambda x: x[0], metrics)  # identical on every device after psum
         return {k: np.asarray(v).item() for k, v in metrics.items()}
+
+
+class UnderMesh:
+    """A jitted function traced with its mesh as the context mesh: kernels that cannot be partitioned
+    automatically (Pallas TPU attention) then run per device over the mesh's batch axes."""
+
+    def __init__(self, jitted, mesh: Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def __call__(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args)
+
+    def lower(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args)
+
+    def _cache_size(self) -> int:
+        return self.jitted._cache_size()
 
 
 def _per_device(stacked):
