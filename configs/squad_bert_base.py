@@ -39,6 +39,7 @@ def get_config():
     m.remat = False
     m.scan_layers = False
     m.attention_implementation = "auto"  # the fused kernel of the platform compiled for (cudnn, pallas)
+    m.attention_platform = ""  # "" = this machine's; qajax compile sets the target's
     m.hidden_dropout = 0.1
     m.attention_dropout = 0.1
 
