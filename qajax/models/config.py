@@ -95,6 +95,18 @@ class EncoderConfig:
         return self.embedding_size or self.hidden_size
 
     @property
+    def platform(self) -> str:
+        """The platform the model is compiled for: `attention_platform`, else this host's backend."""
+        import jax
+
+        return self.attention_platform or jax.default_backend()
+
+    @property
+    def per_element_dropout(self) -> bool:
+        """Dropout masks drawn per element on accelerators, packed 16-bit on the CPU (`qajax.models.dropout`)."""
+        return self.platform != "cpu"
+
+    @property
     def compute_dtype(self):
         return DTYPES[self.dtype]
 

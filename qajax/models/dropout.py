@@ -10,6 +10,14 @@ The rate is quantized to 1/65536 (0.1 becomes 6554/65536 = 0.100006) and the kep
 inverse of that quantized keep probability, so the layer stays unbiased: E[dropout(x)] = x exactly.
 The counter of each block is the element's position in the mask, laid out along the array's own axes, so
 a mask sharded over the batch axis is computed shard by shard like any elementwise op.
+
+On accelerators the other trade wins: there the draws are cheap vector work, but packing four 16-bit values
+per block interleaves them along the last axis, a relayout that XLA:TPU writes to memory, mask by mask.
+`per_element=True` draws one 32-bit value per element instead (the same cutoff, so the same quantized
+rate): a purely elementwise function that fuses into the op consuming the mask, so no mask reaches memory.
+Measured on the BERT-base config compiled for TPU v5e (2 layers, bf16, 32 x 384 per chip): 1.33e10 bytes a
+step with the packed draw, 1.08e10 per element, 1.08e10 with no hidden dropout at all; 2.6% more FLOPs.
+`EncoderConfig.per_element_dropout` picks it wherever the platform compiled for is not the CPU.
 """
 
 from __future__ import annotations
@@ -50,14 +58,19 @@ def uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return values.reshape(*lead, blocks * _PER_BLOCK)[..., :last]
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
-    """x with each element zeroed with probability `rate` (to 1/65536) and the rest scaled to keep the mean."""
+def dropout(x: jax.Array, rate: float, key: jax.Array, *, per_element: bool = False) -> jax.Array:
+    """x with each element zeroed with probability `rate` (to 1/65536) and the rest scaled to keep the mean.
+    `per_element`: one Threefry draw per element (see the module docstring: the accelerator form)."""
     threshold = drop_threshold(rate)
     if threshold == 0:
         return x
     if threshold == _LEVELS:
         return jnp.zeros_like(x)
-    keep = uniform16(key, x.shape) >= jnp.uint16(threshold)
+    if per_element:
+        # One 32-bit draw per element, compared at the same 16-bit cutoff: P(keep) is the same quantized value.
+        keep = jax.random.bits(key, x.shape, jnp.uint32) >= jnp.uint32(threshold << 16)
+    else:
+        keep = uniform16(key, x.shape) >= jnp.uint16(threshold)
     scale = _LEVELS / (_LEVELS - threshold)
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
 
@@ -66,12 +79,13 @@ class Dropout(nn.Module):
     """`flax.linen.Dropout(rate)(x, deterministic)` with cheaper masks; draws from the "dropout" rng stream."""
 
     rate: float
+    per_element: bool = False  # the accelerator form (module docstring); EncoderConfig.per_element_dropout
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or drop_threshold(self.rate) == 0:
             return x
-        return dropout(x, self.rate, self.make_rng("dropout"))
+        return dropout(x, self.rate, self.make_rng("dropout"), per_element=self.per_element)
 
 
 def expected_keep(rate: float) -> float:

@@ -94,12 +94,19 @@ def attend(config, hidden, mask: AttentionMask, *, deterministic, output_attenti
     )
     if path != "explicit":
         context = attention.fused_attention(
-            query, key, value, mask, path=path, dropout_rate=kernel_dropout, dropout_seed=dropout_seed
+            query,
+            key,
+            value,
+            mask,
+            path=path,
+            dropout_rate=kernel_dropout,
+            dropout_seed=dropout_seed,
+            platform=config.attention_platform,
         )
         return context.reshape(hidden.shape), None
 
     # The explicit path: needed for dropout on the probabilities and to return them.
-    drop = partial(Dropout(config.attention_dropout), deterministic=not dropout_probs)
+    drop = partial(Dropout(config.attention_dropout, config.per_element_dropout), deterministic=not dropout_probs)
     context, probs = attention.explicit_attention(query, key, value, mask, dropout=drop, dtype=config.compute_dtype)
     return context.reshape(hidden.shape), (probs if output_attentions else None)
 
@@ -112,7 +119,7 @@ def module_seed(module: nn.Module) -> int:
 def project_add_norm(config, x, residual, *, deterministic, dense_name="dense", norm_name="LayerNorm"):
     """LayerNorm(dropout(Dense(x)) + residual): the output of every attention and feed-forward block."""
     x = dense(config, config.hidden_size, dense_name)(x)
-    x = Dropout(config.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(config.hidden_dropout, config.per_element_dropout)(x, deterministic=deterministic)
     return layer_norm(config, norm_name)(x + residual)
 
 
@@ -380,7 +387,7 @@ class Embeddings(nn.Module):
             + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
         )
         hidden = layer_norm(c, "LayerNorm")(hidden)
-        return Dropout(c.hidden_dropout)(hidden, deterministic=deterministic)
+        return Dropout(c.hidden_dropout, c.per_element_dropout)(hidden, deterministic=deterministic)
 
 
 class Pooler(nn.Module):  # BERT `pooler/dense`

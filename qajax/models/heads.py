@@ -72,7 +72,8 @@ class ElectraClassificationHead(nn.Module):  # HF `classifier/{dense,out_proj}`
     @nn.compact
     def __call__(self, hidden, deterministic):
         c = self.config
-        dropout = Dropout(c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout)
+        rate = c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout
+        dropout = Dropout(rate, c.per_element_dropout)
         x = dropout(hidden[:, 0], deterministic=deterministic)
         # ELECTRA's authors use GELU here where BERT's pooler uses tanh (as HF does).
         x = ACTIVATIONS["gelu"](dense(c, c.hidden_size, "dense")(x))
@@ -95,7 +96,7 @@ class ClassificationModel(nn.Module):
         out = encoder(input_ids, attention_mask, token_type_ids, position_ids, **options)
         if pooled_family:
             rate = c.hidden_dropout if c.classifier_dropout is None else c.classifier_dropout
-            pooled = Dropout(rate)(out.pooler_output, deterministic=deterministic)
+            pooled = Dropout(rate, c.per_element_dropout)(out.pooler_output, deterministic=deterministic)
             logits = dense(c, self.num_labels, "classifier")(pooled)
         else:
             logits = ElectraClassificationHead(c, self.num_labels, name="classifier")(

@@ -31,10 +31,11 @@ def test_masks_differ_by_key_and_repeat_per_key():
     np.testing.assert_array_equal(a, np.asarray(uniform16(jax.random.key(3), (8, 100))))
 
 
+@pytest.mark.parametrize("per_element", [False, True])
 @pytest.mark.parametrize("rate", [0.1, 0.25, 0.5])
-def test_dropout_rate_and_unbiased_scale(rate):
+def test_dropout_rate_and_unbiased_scale(rate, per_element):
     x = jnp.full((1000, 1000), 2.0)
-    y = np.asarray(dropout(x, rate, jax.random.key(5)))
+    y = np.asarray(dropout(x, rate, jax.random.key(5), per_element=per_element))
     keep = expected_keep(rate)
     assert abs(keep - (1 - rate)) <= 1 / 65536
     dropped = (y == 0).mean()
@@ -81,3 +82,12 @@ def test_sharded_mask_equals_the_unsharded_one():
     sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
     f = jax.jit(lambda x, k: dropout(x, 0.1, k))
     np.testing.assert_array_equal(f(sharded, jax.random.key(9)), f(x, jax.random.key(9)))
+
+
+def test_per_element_masks_are_elementwise_in_the_keys_bits():
+    """The accelerator form draws jax.random.bits per element: the same mask as bits >= cutoff computed apart."""
+    x = jnp.ones((64, 96))
+    key = jax.random.key(9)
+    kept = np.asarray(dropout(x, 0.1, key, per_element=True)) != 0
+    bits = np.asarray(jax.random.bits(key, x.shape, jnp.uint32))
+    np.testing.assert_array_equal(kept, bits >= (drop_threshold(0.1) << 16))
