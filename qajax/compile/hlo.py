@@ -129,7 +129,7 @@ def program_stats(hlo_text: str) -> ProgramStats:
             else:
                 moved = sizes[result_name] + sum(sizes.get(o, 0) for o in operands)
             stats.bytes_accessed += moved
-            kind = COLLECTIVES.get(opcode)
+            kind = COLLECTIVES.get(opcode) or _fused_collective(opcode, rest)
             if kind:
                 seen = stats.collectives.setdefault(kind, {"count": 0, "bytes": 0})
                 seen["count"] += 1
@@ -138,6 +138,18 @@ def program_stats(hlo_text: str) -> ProgramStats:
         return stats
 
     return walk(entry)
+
+
+# XLA:TPU writes a reduce-scatter as a fusion calling a computation named `all-reduce-scatter.N`.
+_FUSED_COLLECTIVE = re.compile(r"calls=%?(all-reduce-scatter|reduce-scatter|all-gather|all-reduce)[.\d]*(?:[,\s]|$)")
+_FUSED_KIND = {"all-reduce-scatter": "reduce-scatter"}
+
+
+def _fused_collective(opcode: str, rest: str) -> str | None:
+    if opcode != "fusion":
+        return None
+    match = _FUSED_COLLECTIVE.search(rest)
+    return None if match is None else _FUSED_KIND.get(match.group(1), match.group(1))
 
 
 def attention_kernel(hlo_text: str) -> str:

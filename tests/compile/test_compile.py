@@ -58,8 +58,8 @@ def test_fsdp_shards_the_state_and_shows_its_collectives():
     )  # fmt: skip
     report = json.loads(result.stdout)
     assert report["mesh"] == {"data": 2, "fsdp": 2}
-    assert report["collectives"]["all-gather"]["count"] > 0
-    assert report["collectives"]["reduce-scatter"]["count"] + report["collectives"]["all-reduce"]["count"] > 0
+    assert report["collectives"]["all-gather"]["count"] > 0  # params gathered for the matmuls
+    assert report["collectives"]["reduce-scatter"]["count"] > 0  # gradients scattered back to their shards
 
 
 def test_an_unknown_target_is_one_line_naming_the_known_ones():

@@ -70,3 +70,19 @@ def test_attention_kernel_is_read_from_the_custom_calls():
     assert hlo.attention_kernel('custom-call(%q), custom_call_target="__cudnn$fmhaSoftmax"') == "cudnn"
     assert hlo.attention_kernel('custom-call(%q), custom_call_target="tpu_custom_call"') == "pallas"
     assert hlo.attention_kernel("%d = f32[2,2] dot(%a, %b)") == "xla"
+
+
+def test_a_reduce_scatter_written_as_a_fusion_counts_as_one():
+    program = """HloModule rs
+
+%all-reduce-scatter.3 (input: f32[32,32]) -> f32[16,32] {
+  %input = f32[32,32]{1,0} parameter(0)
+  ROOT %s = f32[16,32]{1,0} slice(%input), slice={[0:16], [0:32]}
+}
+
+ENTRY %main (g: f32[32,32]) -> f32[16,32] {
+  %g = f32[32,32]{1,0} parameter(0)
+  ROOT %fusion.5 = f32[16,32]{1,0} fusion(%g), kind=kCustom, calls=%all-reduce-scatter.3
+}
+"""
+    assert hlo.program_stats(program).collectives == {"reduce-scatter": {"count": 1, "bytes": 16 * 32 * 4}}
