@@ -47,13 +47,13 @@ class EdaConfig:
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"task.eda.schedule={self.schedule!r}: expected one of {SCHEDULES}")
+            raise ConfigError(f"techniques.eda.schedule={self.schedule!r}: expected one of {SCHEDULES}")
         for name in ("start_rate", "end_rate", "swap", "delete", "duplicate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"task.eda.{name}={value!r}: expected a number in [0, 1]")
+                raise ConfigError(f"techniques.eda.{name}={value!r}: expected a number in [0, 1]")
         if not isinstance(self.ramp_epochs, int) or self.ramp_epochs < 1:
-            raise ConfigError(f"task.eda.ramp_epochs={self.ramp_epochs!r}: expected a positive integer")
+            raise ConfigError(f"techniques.eda.ramp_epochs={self.ramp_epochs!r}: expected a positive integer")
 
     def rate(self, epoch: int) -> float:
         """The scheduled rate p of `epoch` (0-based)."""
