@@ -14,7 +14,7 @@ from qajax.checkpoints.factory import load_or_init
 from qajax.data.epochs import PerEpochBatches, fit_rows
 from qajax.errors import ConfigError
 from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
-from qajax.tasks.squad import data, postprocess
+from qajax.tasks.squad import data, postprocess, splits
 from qajax.tasks.squad.eda import EdaConfig, augment_examples
 from qajax.tasks.squad.features import DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LENGTH, FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
@@ -100,22 +100,22 @@ def read_splits(t, seed: int) -> tuple[list, list, list]:
 
     train, dev = read(t.train_file, "train", 0), []
     if t.dev_titles:  # neither trained nor evaluated on
-        train, dev = data.split_by_title(train, tuple(t.dev_titles))
+        train, dev = splits.split_by_title(train, tuple(t.dev_titles))
         if t.version == "v1.1":
             log.warning("task.dev_titles %s: left out of training, and unused (SQuAD v1.1 has no threshold)",
                         list(t.dev_titles))  # fmt: skip
             dev = []
     if t.eval_titles:
-        train, held_out = data.split_by_title(train, tuple(t.eval_titles))
+        train, held_out = splits.split_by_title(train, tuple(t.eval_titles))
     else:
         held_out = read(t.eval_file, "validation", 1) if t.eval_file else []
     if t.version == "v1.1":
         train = [e for e in train if not e.is_impossible]
         held_out = [e for e in held_out if not e.is_impossible]
     if t.contexts_per_question > 1:
-        train = data.as_multi_context(train, t.contexts_per_question, seed)
-        held_out = data.as_multi_context(held_out, t.contexts_per_question, seed + 1)
-        dev = data.as_multi_context(dev, t.contexts_per_question, seed + 2) if dev else dev
+        train = splits.as_multi_context(train, t.contexts_per_question, seed)
+        held_out = splits.as_multi_context(held_out, t.contexts_per_question, seed + 1)
+        dev = splits.as_multi_context(dev, t.contexts_per_question, seed + 2) if dev else dev
     return train, held_out, dev
 
 
