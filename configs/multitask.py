@@ -9,7 +9,8 @@ Per-task curves: `qajax.tasks.multitask.report.plot_task_curves(workdir)` (qajax
 Defaults follow report 003's best model: cross-encoded pairs for Quora and STS, a shuffled batch order, and
 plain cross-entropy / BCE / MSE. Report 002's variants are config keys: task.quora.form=concat|cosine,
 task.shared_layers, task.task_layers, techniques.freeze (top layers only). PCGrad: task.schedule=together
-task.pcgrad=true. Predictions (input format) and confusion matrices: task.predictions_dir=runs/multitask/pred.
+techniques.pcgrad.enabled=true. Predictions (input format) and confusion matrices:
+task.predictions_dir=runs/multitask/pred.
 
 Reference numbers: scripts/experiments/multitask_minilm.py (a short subset run on 2 CPU cores) and the
 majority/zero baseline it prints beside them.
@@ -17,8 +18,8 @@ majority/zero baseline it prints beside them.
 
 import ml_collections
 
-from qajax.defaults import add_engine_sections
 from qajax.checkpoints.factory import pretrained_section
+from qajax.defaults import add_engine_sections
 from qajax.tasks.multitask.task import default_config as multitask_task
 
 

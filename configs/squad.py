@@ -11,8 +11,8 @@ three passages a question): --set task.contexts_per_question=3.
 
 import ml_collections
 
-from qajax.defaults import add_engine_sections
 from qajax.checkpoints.factory import pretrained_section
+from qajax.defaults import add_engine_sections
 from qajax.tasks.squad.task import default_config as squad_task
 
 

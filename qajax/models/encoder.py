@@ -1,7 +1,8 @@
 """One encoder family: BERT, ELECTRA and ALBERT in Flax Linen.
 
-The attention and feed-forward math is written once (`attend`, `project_add_norm`); the families differ
-only in where the parameters are named and whether layers share them, so that the parameter tree is
+Here: the embeddings, the pooler and `Encoder`, which wires them around the layers of `qajax.models.layers`.
+The attention and feed-forward math is written once there (`attend`, `project_add_norm`); the families
+differ only in where the parameters are named and whether layers share them, so that the parameter tree is
 exactly Hugging Face's Flax layout (`bert/encoder/layer/0/attention/self/query/kernel`,
 `albert/encoder/albert_layer_groups/0/albert_layers/0/attention/query/kernel`, ...). Porting, LoRA
 surgery and export are then path rewrites.
@@ -13,38 +14,16 @@ scanned with its parameters broadcast, so its tree does not change.
 
 from __future__ import annotations
 
-import zlib
-from functools import partial
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qajax.models import attention
-from qajax.models.attention import AttentionMask, make_attention_mask
+from qajax.models.attention import make_attention_mask
 from qajax.models.config import EncoderConfig
 from qajax.models.dropout import Dropout
-
-
-def gelu_erf(x: jax.Array) -> jax.Array:
-    """Exact GELU, x * Phi(x), through erf as PyTorch writes it. `jax.nn.gelu(approximate=False)` goes through
-    erfc, whose float32 expansion evaluates two approximations and an exp per element; through erf the
-    feed-forward block's forward and backward took ~8% less time on the reference CPU. The two agree to 1e-6
-    (erf's 1 + erf(z) loses the tail below x = -5, where GELU is under 1e-6 in size)."""
-    return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
-
-
-ACTIVATIONS = {
-    "gelu": gelu_erf,
-    "gelu_new": partial(nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": partial(nn.gelu, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "swish": nn.silu,
-    "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
-    "tanh": jnp.tanh,
-}
+from qajax.models.layers import AlbertEncoder, BertEncoder, dense, layer_norm
 
 
 class EncoderOutput(NamedTuple):
@@ -52,305 +31,6 @@ class EncoderOutput(NamedTuple):
     pooler_output: jax.Array | None = None  # [batch, hidden]; BERT/ALBERT with a pooler only
     hidden_states: jax.Array | None = None  # [num_layers + 1, batch, seq, hidden]: embeddings first
     attentions: jax.Array | None = None  # [num_attention_layers, batch, heads, seq, seq]
-
-
-def dense(config: EncoderConfig, features: int, name: str) -> nn.Dense:
-    return nn.Dense(
-        features,
-        dtype=config.compute_dtype,
-        param_dtype=config.params_dtype,
-        kernel_init=nn.initializers.normal(config.initializer_range),
-        name=name,
-    )
-
-
-def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
-    # Flax computes the statistics in float32 even for bf16 inputs.
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=config.params_dtype, name=name
-    )
-
-
-def attend(config, hidden, mask: AttentionMask, *, deterministic, output_attentions, dropout_seed=0):
-    """Multi-head self-attention; creates `query`, `key`, `value` in the calling module's scope.
-
-    hidden [batch, seq, hidden] -> context [batch, seq, hidden] and the attention probabilities
-    [batch, heads, seq, seq] (or None). The math per implementation is in `qajax.models.attention`;
-    `dropout_seed` seeds cuDNN's in-kernel attention dropout (a static int, one per layer).
-    """
-    split = lambda x: x.reshape(x.shape[:2] + (config.num_heads, config.head_dim))  # [B, T, N, D]
-    query = split(dense(config, config.hidden_size, "query")(hidden))
-    key = split(dense(config, config.hidden_size, "key")(hidden))
-    value = split(dense(config, config.hidden_size, "value")(hidden))
-
-    dropout_probs = not deterministic and config.attention_dropout > 0.0
-    path, kernel_dropout = attention.plan(
-        config.attention_implementation,
-        config.attention_platform,
-        config.compute_dtype,
-        dropout_rate=config.attention_dropout if dropout_probs else 0.0,
-        output_probs=output_attentions,
-        scanned=config.scan_layers,
-    )
-    if path != "explicit":
-        context = attention.fused_attention(
-            query,
-            key,
-            value,
-            mask,
-            path=path,
-            dropout_rate=kernel_dropout,
-            dropout_seed=dropout_seed,
-            platform=config.attention_platform,
-        )
-        return context.reshape(hidden.shape), None
-
-    # The explicit path: needed for dropout on the probabilities and to return them.
-    drop = partial(Dropout(config.attention_dropout, config.per_element_dropout), deterministic=not dropout_probs)
-    context, probs = attention.explicit_attention(query, key, value, mask, dropout=drop, dtype=config.compute_dtype)
-    return context.reshape(hidden.shape), (probs if output_attentions else None)
-
-
-def module_seed(module: nn.Module) -> int:
-    """A static int that differs between layers: cuDNN's dropout seed (see `qajax.models.attention`)."""
-    return zlib.crc32("/".join(module.scope.path).encode())
-
-
-def project_add_norm(config, x, residual, *, deterministic, dense_name="dense", norm_name="LayerNorm"):
-    """LayerNorm(dropout(Dense(x)) + residual): the output of every attention and feed-forward block."""
-    x = dense(config, config.hidden_size, dense_name)(x)
-    x = Dropout(config.hidden_dropout, config.per_element_dropout)(x, deterministic=deterministic)
-    return layer_norm(config, norm_name)(x + residual)
-
-
-class SelfAttention(nn.Module):  # BERT: attention/self
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        return attend(
-            self.config,
-            hidden,
-            mask,
-            deterministic=self.deterministic,
-            output_attentions=self.output_attentions,
-            dropout_seed=module_seed(self),
-        )
-
-
-class AddNorm(nn.Module):  # BERT: attention/output and output
-    config: EncoderConfig
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x, residual):
-        return project_add_norm(self.config, x, residual, deterministic=self.deterministic)
-
-
-class Intermediate(nn.Module):  # BERT: intermediate
-    config: EncoderConfig
-
-    @nn.compact
-    def __call__(self, x):
-        return ACTIVATIONS[self.config.hidden_act](dense(self.config, self.config.intermediate_size, "dense")(x))
-
-
-class BertAttention(nn.Module):
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        context, probs = SelfAttention(self.config, self.deterministic, self.output_attentions, name="self")(
-            hidden, mask
-        )
-        return AddNorm(self.config, self.deterministic, name="output")(context, hidden), probs
-
-
-class BertLayer(nn.Module):
-    """One BERT/ELECTRA layer. Returns (hidden, (hidden or None, (probs,) or None)) for scan and loop alike."""
-
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-    output_hidden_states: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        c = self.config
-        attended, probs = BertAttention(c, self.deterministic, self.output_attentions, name="attention")(hidden, mask)
-        expanded = Intermediate(c, name="intermediate")(attended)
-        hidden = AddNorm(c, self.deterministic, name="output")(expanded, attended)
-        return hidden, _block_extras(hidden, (probs,), self.output_hidden_states, self.output_attentions)
-
-
-class AlbertAttention(nn.Module):  # ALBERT: attention holds query/key/value/dense/LayerNorm together
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        context, probs = attend(
-            self.config,
-            hidden,
-            mask,
-            deterministic=self.deterministic,
-            output_attentions=self.output_attentions,
-            dropout_seed=module_seed(self),
-        )
-        return project_add_norm(self.config, context, hidden, deterministic=self.deterministic), probs
-
-
-class AlbertLayer(nn.Module):
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        c = self.config
-        attended, probs = AlbertAttention(c, self.deterministic, self.output_attentions, name="attention")(hidden, mask)
-        expanded = ACTIVATIONS[c.hidden_act](dense(c, c.intermediate_size, "ffn")(attended))
-        hidden = project_add_norm(
-            c,
-            expanded,
-            attended,
-            deterministic=self.deterministic,
-            dense_name="ffn_output",
-            norm_name="full_layer_layer_norm",
-        )
-        return hidden, probs
-
-
-class AlbertLayerList(nn.Module):  # ALBERT: albert_layers/0..inner_group_size-1
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        all_probs = []
-        for j in range(self.config.inner_group_size):
-            layer = AlbertLayer(self.config, self.deterministic, self.output_attentions, name=str(j))
-            hidden, probs = layer(hidden, mask)
-            all_probs.append(probs)
-        return hidden, tuple(all_probs)
-
-
-class AlbertGroup(nn.Module):
-    """One ALBERT layer group (applied num_layers / num_groups times). Same return shape as BertLayer."""
-
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-    output_hidden_states: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        layers = AlbertLayerList(self.config, self.deterministic, self.output_attentions, name="albert_layers")
-        hidden, probs = layers(hidden, mask)
-        return hidden, _block_extras(hidden, probs, self.output_hidden_states, self.output_attentions)
-
-
-def _block_extras(hidden, probs, output_hidden_states, output_attentions):
-    return (hidden if output_hidden_states else None, probs if output_attentions else None)
-
-
-def _block_class(config):
-    block = BertLayer if config.family != "albert" else AlbertGroup
-    if config.remat:
-        # prevent_cse only matters outside scan; inside it, it blocks useful optimisations.
-        block = nn.remat(block, prevent_cse=not config.scan_layers)
-    return block
-
-
-class LayerStack(nn.Module):
-    """Applies the num_layers blocks: BERT/ELECTRA `encoder/layer/{i}`, ALBERT `albert_layer_groups/{g}`.
-
-    Returns (hidden, per-block hidden states, per-layer attention probabilities).
-    """
-
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-    output_hidden_states: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        c = self.config
-        block = _block_class(c)
-        make = lambda name: block(c, self.deterministic, self.output_attentions, self.output_hidden_states, name=name)
-        if c.scan_layers:
-            return self._scan(block, hidden, mask)
-        # ALBERT applies group i // (num_layers / num_groups) at depth i; BERT has a group per layer.
-        layers_per_group = c.num_layers // c.num_groups if c.family == "albert" else 1
-        blocks = {}
-        hidden_states, probs = [], []
-        for i in range(c.num_layers):
-            group = i // layers_per_group
-            if group not in blocks:
-                blocks[group] = make(str(group))
-            hidden, (block_hidden, block_probs) = blocks[group](hidden, mask)
-            hidden_states.append(block_hidden)
-            probs.extend(block_probs or ())
-        return hidden, hidden_states, probs
-
-    def _scan(self, block, hidden, mask):
-        """lax.scan over the layers: BERT params stacked under `scanned`, ALBERT's one group broadcast."""
-        c = self.config
-        if c.family == "albert":
-            lifted = dict(variable_broadcast="params", split_rngs={"params": False, "dropout": True})
-            name = "0"
-        else:
-            lifted = dict(variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True})
-            name = SCANNED_NAME
-        scanned = nn.scan(block, in_axes=nn.broadcast, length=c.num_layers, **lifted)
-        module = scanned(c, self.deterministic, self.output_attentions, self.output_hidden_states, name=name)
-        hidden, (stacked_hidden, stacked_probs) = module(hidden, mask)
-        hidden_states = [] if stacked_hidden is None else list(stacked_hidden)
-        probs = []
-        if stacked_probs is not None:
-            # A tuple over a block's inner layers of [num_layers, B, N, T, S]; flatten layer-major.
-            inner = jnp.stack(stacked_probs, axis=1)
-            probs = list(inner.reshape((-1,) + inner.shape[2:]))
-        return hidden, hidden_states, probs
-
-
-SCANNED_NAME = "scanned"  # encoder/layer/scanned/...: the stacked layer params of a scanned BERT/ELECTRA
-
-
-class BertEncoder(nn.Module):  # BERT/ELECTRA `encoder`
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-    output_hidden_states: bool = False
-
-    @nn.compact
-    def __call__(self, hidden, mask):
-        stack = LayerStack(
-            self.config, self.deterministic, self.output_attentions, self.output_hidden_states, name="layer"
-        )
-        return hidden, *stack(hidden, mask)
-
-
-class AlbertEncoder(nn.Module):  # ALBERT `encoder`
-    config: EncoderConfig
-    deterministic: bool = True
-    output_attentions: bool = False
-    output_hidden_states: bool = False
-
-    @nn.compact
-    def __call__(self, embedded, mask):
-        c = self.config
-        hidden = dense(c, c.hidden_size, "embedding_hidden_mapping_in")(embedded)
-        stack = LayerStack(
-            c, self.deterministic, self.output_attentions, self.output_hidden_states, name="albert_layer_groups"
-        )
-        return hidden, *stack(hidden, mask)
 
 
 class Embeddings(nn.Module):
@@ -420,28 +100,12 @@ class Encoder(nn.Module):
         output_attentions: bool = False,
     ) -> EncoderOutput:
         c = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        batch, seq = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        num_prompt = 0 if prompt_embeds is None else prompt_embeds.shape[-2]
-        if num_prompt and segment_ids is not None:
-            raise ValueError("segment_ids (packed rows) with a soft prompt: which window would the prompt join?")
-        if num_prompt + seq > c.max_position_embeddings:
-            raise ValueError(
-                f"{num_prompt} prompt + {seq} tokens exceed max_position_embeddings={c.max_position_embeddings}"
-            )
-        ones = jnp.ones((batch, seq), jnp.int32)
-        attention_mask = ones if attention_mask is None else attention_mask
-        token_type_ids = jnp.zeros_like(ones) if token_type_ids is None else token_type_ids
-        position_ids = jnp.broadcast_to(jnp.arange(seq), (batch, seq)) if position_ids is None else position_ids
-        if num_prompt:
-            # The prompt takes positions 0..P-1 and token type 0, and is always attended to.
-            prompt_ones = jnp.ones((batch, num_prompt), jnp.int32)
-            attention_mask = jnp.concatenate([prompt_ones, attention_mask], axis=1)
-            token_type_ids = jnp.concatenate([0 * prompt_ones, token_type_ids], axis=1)
-            prompt_positions = jnp.broadcast_to(jnp.arange(num_prompt), (batch, num_prompt))
-            position_ids = jnp.concatenate([prompt_positions, position_ids + num_prompt], axis=1)
-
+        # 1. The inputs: defaults for the optional ones, and the soft prompt's place in front of the words.
+        num_prompt = _check_inputs(c, input_ids, inputs_embeds, prompt_embeds, segment_ids)
+        attention_mask, token_type_ids, position_ids = _with_prompt(
+            _default_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids), num_prompt
+        )
+        # 2. The embeddings, projected to the hidden size where the family does so there.
         embedded = Embeddings(c, name="embeddings")(
             input_ids,
             token_type_ids,
@@ -452,25 +116,66 @@ class Encoder(nn.Module):
         )
         if c.family == "electra" and c.embedding_dim != c.hidden_size:
             embedded = dense(c, c.hidden_size, "embeddings_project")(embedded)
+        # 3. The layers.
         body = AlbertEncoder if c.family == "albert" else BertEncoder
         encoder = body(c, deterministic, output_attentions, output_hidden_states, name="encoder")
         first, hidden, hidden_states, probs = encoder(embedded, make_attention_mask(attention_mask, segment_ids))
-
-        # Drop the soft-prompt positions so that outputs line up with the input tokens.
+        # 4. The outputs, without the soft-prompt positions so that they line up with the input tokens.
         hidden = hidden[:, num_prompt:]
-        pooled = None
-        if self.add_pooling_layer:
-            if c.family == "electra":
-                raise ValueError("ELECTRA has no pooler")
-            if c.family == "albert":
-                pooled = jnp.tanh(dense(c, c.hidden_size, "pooler")(hidden[:, 0]))
-            else:
-                pooled = Pooler(c, name="pooler")(hidden[:, 0])
+        pooled = _pool(c, hidden[:, 0]) if self.add_pooling_layer else None
         stacked_states = None
         if output_hidden_states:
             stacked_states = jnp.stack([first] + hidden_states)[:, :, num_prompt:]
         stacked_probs = jnp.stack(probs) if output_attentions else None
         return EncoderOutput(hidden, pooled, stacked_states, stacked_probs)
+
+
+def _check_inputs(c: EncoderConfig, input_ids, inputs_embeds, prompt_embeds, segment_ids) -> int:
+    """The number of soft-prompt positions, once the inputs are known to fit together."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    seq = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
+    num_prompt = 0 if prompt_embeds is None else prompt_embeds.shape[-2]
+    if num_prompt and segment_ids is not None:
+        raise ValueError("segment_ids (packed rows) with a soft prompt: which window would the prompt join?")
+    if num_prompt + seq > c.max_position_embeddings:
+        raise ValueError(
+            f"{num_prompt} prompt + {seq} tokens exceed max_position_embeddings={c.max_position_embeddings}"
+        )
+    return num_prompt
+
+
+def _default_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+    """(attention_mask, token_type_ids, position_ids) [batch, seq] each: all tokens, type 0, 0..seq-1 when absent."""
+    batch, seq = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+    ones = jnp.ones((batch, seq), jnp.int32)
+    attention_mask = ones if attention_mask is None else attention_mask
+    token_type_ids = jnp.zeros_like(ones) if token_type_ids is None else token_type_ids
+    position_ids = jnp.broadcast_to(jnp.arange(seq), (batch, seq)) if position_ids is None else position_ids
+    return attention_mask, token_type_ids, position_ids
+
+
+def _with_prompt(inputs, num_prompt: int):
+    """The prompt takes positions 0..P-1 and token type 0, and is always attended to."""
+    attention_mask, token_type_ids, position_ids = inputs
+    if not num_prompt:
+        return inputs
+    batch = attention_mask.shape[0]
+    prompt_ones = jnp.ones((batch, num_prompt), jnp.int32)
+    attention_mask = jnp.concatenate([prompt_ones, attention_mask], axis=1)
+    token_type_ids = jnp.concatenate([0 * prompt_ones, token_type_ids], axis=1)
+    prompt_positions = jnp.broadcast_to(jnp.arange(num_prompt), (batch, num_prompt))
+    position_ids = jnp.concatenate([prompt_positions, position_ids + num_prompt], axis=1)
+    return attention_mask, token_type_ids, position_ids
+
+
+def _pool(c: EncoderConfig, first_token):
+    """The pooled output, in the calling module's scope: BERT `pooler/dense`, ALBERT `pooler`."""
+    if c.family == "electra":
+        raise ValueError("ELECTRA has no pooler")
+    if c.family == "albert":
+        return jnp.tanh(dense(c, c.hidden_size, "pooler")(first_token))
+    return Pooler(c, name="pooler")(first_token)
 
 
 def lookup_word_embeddings(params, config: EncoderConfig, input_ids):

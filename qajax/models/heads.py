@@ -15,8 +15,9 @@ import jax.numpy as jnp
 
 from qajax.models.config import EncoderConfig
 from qajax.models.dropout import Dropout
-from qajax.models.encoder import ACTIVATIONS, Encoder, EncoderOutput, dense
+from qajax.models.encoder import Encoder, EncoderOutput
 from qajax.models.layer_heads import check_span_head, layer_span_logits
+from qajax.models.layers import ACTIVATIONS, dense
 
 HEADS = ("qa", "classification", "encoder")
 

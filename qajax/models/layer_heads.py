@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from qajax.models.attention import make_attention_mask
 from qajax.models.config import EncoderConfig
-from qajax.models.encoder import BertLayer
+from qajax.models.layers import BertLayer
 
 SPAN_HEADS = ("linear", "scalar_mix", "layer_attention", "bilinear_layer_attention", "extra_layer")
 SCOPE = "span_head"  # where a layer-combination head keeps the weights HF's *ForQuestionAnswering lacks

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from qajax import tree
 from qajax.models.config import EncoderConfig
-from qajax.models.encoder import SCANNED_NAME
+from qajax.models.layers import SCANNED_NAME
 
 _PER_LAYER = re.compile(r"(?P<prefix>.*/encoder/layer)/(?P<index>\d+)/(?P<rest>.*)")
 _STACKED = re.compile(rf"(?P<prefix>.*/encoder/layer)/{SCANNED_NAME}/(?P<rest>.*)")

@@ -6,6 +6,9 @@ parameter surgery (`prepare_params`) and forward wraps in that order, so LoRA's 
 prompt is prepended and freezing sees both; loss transforms wrap the task loss innermost first in that
 order, so SDA/SDV distil the task loss, L2 is added around them and SMART, outermost, smooths all of it;
 `finalize_params` undoes the parameter surgery in reverse. `apply_techniques` is the one place this happens.
+EDA (data) and PCGrad (gradient) come first: their task applies them (`base.AppliedByTask`) before any of
+the above sees a batch or a loss: EDA while it makes the training batches, PCGrad inside the task loss, so
+that the loss transforms wrap the projected loss (SMART smooths it, distillation distils it).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from qajax.techniques.base import Technique
 
 # config section name -> (module, builder, default config function)
 REGISTRY: dict[str, tuple[str, str, str]] = {
+    "eda": ("eda", "build", "default_config"),
+    "pcgrad": ("pcgrad", "build", "default_config"),
     "sda": ("distill", "build_sda", "default_config_sda"),
     "sdv": ("distill", "build_sdv", "default_config_sdv"),
     "lora": ("lora", "build", "default_config"),

@@ -12,6 +12,11 @@ step call each hook of every technique without probing for it:
                  bind(task)                             receives the final task (wrapped forward) first
     data         the task applies it while it makes its batches (EDA: task.make_train_batches)
 
+A technique that needs what only a task knows (EDA: the examples' text and answer spans; PCGrad: the loss
+of each task of a multitask batch) is an `AppliedByTask`: the task reads `config.techniques.<name>` and
+applies it, the technique's hooks stay no-ops, and building it checks that the task declares it in
+`Task.applies_techniques`, so a config that enables it for another task fails instead of doing nothing.
+
 and any kind may keep state in `TrainState.extras[name]`: `init_extras(params)` (None: no state) and
 `update_extras(own, params, step)`, run inside the compiled step after each update.
 
@@ -22,6 +27,8 @@ defined: a misspelled hook would otherwise do nothing, silently.
 from __future__ import annotations
 
 import difflib
+
+from qajax.errors import ConfigError
 
 KINDS = ("parameters", "optimizer", "loss", "data")
 HOOKS = (
@@ -77,3 +84,16 @@ class Technique:
 
     def update_extras(self, own, params, step):
         return own
+
+
+class AppliedByTask(Technique):
+    """A technique its task applies (see the module docstring): it only checks that the task does."""
+
+    applied_by: tuple[str, ...] = ()  # the `task.name`s that apply it, for the error
+
+    def __init__(self, task):
+        if self.name not in task.applies_techniques:
+            raise ConfigError(
+                f"techniques.{self.name}.enabled=True: this config's task does not apply {self.name}; "
+                f"task.name must be one of {self.applied_by}, or set techniques.{self.name}.enabled=false"
+            )

@@ -37,6 +37,16 @@ class LeafRule(NamedTuple):
     multiplier: float  # scales the whole update, decay included
 
 
+class _Settings(NamedTuple):
+    base: str
+    b1: float
+    b2: float
+    eps: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+
+
 def fused_update(
     learning_rate: optax.Schedule,
     rules: Any,
@@ -59,6 +69,7 @@ def fused_update(
         raise ValueError(f"base={base!r}: expected 'adam', 'momentum' or 'identity'")
     rule_leaves, treedef = jax.tree.flatten(rules, is_leaf=lambda x: isinstance(x, LeafRule))
     keeps_mu = base in ("adam", "momentum")
+    settings = _Settings(base, b1, b2, eps, momentum, nesterov, weight_decay)
 
     def moments(params, keep: bool):
         leaves = zip(treedef.flatten_up_to(params), rule_leaves, strict=True)
@@ -78,47 +89,54 @@ def fused_update(
         p_leaves = treedef.flatten_up_to(params) if params is not None else [None] * len(g_leaves)
         mu_leaves = treedef.flatten_up_to(state.mu)
         nu_leaves = treedef.flatten_up_to(state.nu)
-        trained = [g for g, rule in zip(g_leaves, rule_leaves, strict=True) if rule.trainable]
-
-        factor = None
-        if clip_norm:
-            everything_trains = len(trained) == len(g_leaves)
-            norm = global_norm if global_norm is not None and everything_trains else optax.tree.norm(trained)
-            factor = jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
+        factor = _clip_factor(g_leaves, rule_leaves, clip_norm, global_norm)
         count = optax.safe_increment(state.count)
         step_size = -jnp.asarray(learning_rate(state.count))  # optax.scale_by_learning_rate counts from 0
+        corrections = None
         if base == "adam":
-            correction1 = 1 - jnp.asarray(b1, jnp.float32) ** count
-            correction2 = 1 - jnp.asarray(b2, jnp.float32) ** count
-
+            corrections = 1 - jnp.asarray(b1, jnp.float32) ** count, 1 - jnp.asarray(b2, jnp.float32) ** count
         updates, new_mu, new_nu = [], [], []
-        for g, p, mu, nu, rule in zip(g_leaves, p_leaves, mu_leaves, nu_leaves, rule_leaves, strict=True):
-            if not rule.trainable:
-                updates.append(jnp.zeros_like(g))
-                new_mu.append(None)
-                new_nu.append(None)
-                continue
-            if factor is not None:
-                g = g * factor.astype(g.dtype)
-            # The moments keep their own dtype whatever the gradient's (a float32 gradient of bfloat16 params,
-            # from accumulation or loss scaling): the non-finite guard's cond needs the same state both ways.
-            if base == "adam":
-                mu = ((1 - b1) * g + b1 * mu).astype(mu.dtype)
-                nu = ((1 - b2) * jnp.square(g) + b2 * nu).astype(nu.dtype)
-                direction = (mu / correction1.astype(mu.dtype)) / (jnp.sqrt(nu / correction2.astype(nu.dtype)) + eps)
-            elif base == "momentum":
-                mu = (g + momentum * mu).astype(mu.dtype)
-                direction = g + momentum * mu if nesterov else mu
-            else:
-                direction = g
-            if rule.decay and weight_decay:
-                direction = direction + weight_decay * p
-            update = direction * step_size.astype(direction.dtype)
-            if rule.multiplier != 1.0:
-                update = update * rule.multiplier
+        for leaf in zip(g_leaves, p_leaves, mu_leaves, nu_leaves, rule_leaves, strict=True):
+            update, mu, nu = _leaf_update(*leaf, settings, factor, step_size, corrections)
             updates.append(update)
-            new_mu.append(mu if keeps_mu else None)
-            new_nu.append(nu if base == "adam" else None)
+            new_mu.append(mu)
+            new_nu.append(nu)
         return treedef.unflatten(updates), FusedState(count, treedef.unflatten(new_mu), treedef.unflatten(new_nu))
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _clip_factor(g_leaves: list, rule_leaves: list, clip_norm: float | None, global_norm):
+    """The scalar that clips the trained gradients to `clip_norm` by their global norm (None: no clip)."""
+    if not clip_norm:
+        return None
+    trained = [g for g, rule in zip(g_leaves, rule_leaves, strict=True) if rule.trainable]
+    everything_trains = len(trained) == len(g_leaves)
+    norm = global_norm if global_norm is not None and everything_trains else optax.tree.norm(trained)
+    return jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
+
+
+def _leaf_update(g, p, mu, nu, rule: LeafRule, s: _Settings, factor, step_size, corrections):
+    """(update, new mu, new nu) of one parameter: one elementwise expression (see the module docstring)."""
+    if not rule.trainable:
+        return jnp.zeros_like(g), None, None
+    if factor is not None:
+        g = g * factor.astype(g.dtype)
+    # The moments keep their own dtype whatever the gradient's (a float32 gradient of bfloat16 params,
+    # from accumulation or loss scaling): the non-finite guard's cond needs the same state both ways.
+    if s.base == "adam":
+        correction1, correction2 = corrections
+        mu = ((1 - s.b1) * g + s.b1 * mu).astype(mu.dtype)
+        nu = ((1 - s.b2) * jnp.square(g) + s.b2 * nu).astype(nu.dtype)
+        direction = (mu / correction1.astype(mu.dtype)) / (jnp.sqrt(nu / correction2.astype(nu.dtype)) + s.eps)
+    elif s.base == "momentum":
+        mu = (g + s.momentum * mu).astype(mu.dtype)
+        direction = g + s.momentum * mu if s.nesterov else mu
+    else:
+        direction = g
+    if rule.decay and s.weight_decay:
+        direction = direction + s.weight_decay * p
+    update = direction * step_size.astype(direction.dtype)
+    if rule.multiplier != 1.0:
+        update = update * rule.multiplier
+    return update, mu if s.base in ("adam", "momentum") else None, nu if s.base == "adam" else None

@@ -59,6 +59,9 @@ class Task:
     # config's `optimizer.lr_multipliers`, so a config rule for the same path wins.
     lr_multipliers: tuple[tuple[str, float], ...] = ()
     no_decay: tuple[str, ...] = ()  # regexes of the task's own params that weight decay must not pull to 0
+    # Techniques this task applies itself from `config.techniques.<name>` (EDA to its batches, PCGrad in its
+    # loss): the others refuse to be enabled for it (qajax.techniques.base.AppliedByTask).
+    applies_techniques: tuple[str, ...] = ()
 
     def train_batches(self, **iterator_args):
         """The training batches, from `BatchIterator`'s arguments (global_batch_size, seed, position, ...)."""

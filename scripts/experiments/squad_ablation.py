@@ -27,7 +27,7 @@ REPORT = squad_split.REPO / "docs" / "results" / "squad_ablation.md"
 VARIANTS = {
     "baseline": (),
     "weighted": ("task.start_weight=2.0",),
-    "eda": ("task.eda.enabled=true",),
+    "eda": ("techniques.eda.enabled=true",),
     "sda": ("techniques.sda.enabled=true", "techniques.sda.window=3"),
     "sdv": ("techniques.sdv.enabled=true", "techniques.sdv.window=3"),
     "smart": ("techniques.smart.enabled=true",),

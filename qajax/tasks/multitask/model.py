@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from qajax.models.config import EncoderConfig
 from qajax.models.dropout import Dropout
-from qajax.models.encoder import Encoder, dense
+from qajax.models.encoder import Encoder
+from qajax.models.layers import dense
 
 FORMS = ("concat", "cosine", "cross")
 POOLINGS = ("cls", "mean", "pooler")

@@ -1,7 +1,8 @@
 """The multitask `Task`: SST-5, Quora and STS-B files -> one shared encoder with three heads.
 
 Config (the `task` section, defaults in `default_config`): which tasks train, each task's files, head form
-and loss weight; the shared and task-specific layers; the batch schedule; PCGrad. The task hands the loop
+and loss weight; the shared and task-specific layers; the batch schedule. PCGrad is `techniques.pcgrad`
+(qajax.techniques.pcgrad), which this task applies in its loss (`MultitaskTask.loss_fn`). The task hands the loop
 its own batch iterator (`make_train_batches`, see schedule.py) and one eval set per task (`eval_sets`).
 """
 
@@ -60,7 +61,6 @@ def default_config() -> ml_collections.ConfigDict:
     t.task_layers = 0  # linear + ReLU layers of each task's own before its output (report 002: 2)
     t.head_dropout = 0.1
     t.schedule = "shuffled"  # see schedule.SCHEDULES
-    t.pcgrad = False  # project conflicting task gradients (needs steps with several tasks: schedule=together)
     t.cosine_margin = 0.0  # cosine_embedding: negatives are pushed below this cosine
     t.mnr_scale = 20.0  # mnr: scores are scale * cosine
     t.positive_threshold = 3.0  # sts with cosine_embedding / mnr: similarity >= this is a positive pair
@@ -179,7 +179,8 @@ class MultitaskEvaluation:
 
 @dataclasses.dataclass
 class MultitaskTask(Task):
-    """A Task whose loss, with `pcgrad`, projects the task gradients of a step with several tasks."""
+    """A Task whose loss, with `pcgrad` (techniques.pcgrad.enabled), projects the task gradients of a step
+    with several tasks."""
 
     pcgrad: bool = False
 
@@ -243,19 +244,27 @@ def build(config) -> Task:
 
     tokenizer = load_tokenizer(encoder_spec, t.tokenizer)
     train, held_out, eval_examples = load_task_data(t, tokenizer, specs, config.seed)
-    return assemble(t, encoder_spec, model, params, train, held_out, eval_examples)
+    pcgrad = config.techniques.pcgrad.enabled
+    return assemble(t, encoder_spec, model, params, train, held_out, eval_examples, pcgrad=pcgrad)
 
 
-def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_out: dict, eval_examples: dict):
-    """The task from its parts: the `task` config section, the model and its params, the arrays per task
-    (train, eval) and the eval examples. `build` reads them from files; the benchmark makes them up."""
-    specs = model.heads
-    options = {s.name: (s, t[s.name].loss, t[s.name].weight) for s in specs}
-    loss_kwargs = dict(margin=t.cosine_margin, scale=t.mnr_scale, positive_threshold=t.positive_threshold)
+def head_options(t, specs) -> dict:
+    """{task name: (head spec, loss name, loss weight)} from the task section."""
+    return {s.name: (s, t[s.name].loss, t[s.name].weight) for s in specs}
 
+
+def make_forward(model: MultitaskModel):
     def forward(params, batch, rng=None, *, deterministic=True, **model_options):
         rngs = {} if deterministic else {"dropout": rng}
         return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs, **model_options)
+
+    return forward
+
+
+def make_output_loss(t, specs):
+    """output_loss(outputs, batch): the weighted sum of each task's mean loss, and each in aux."""
+    options = head_options(t, specs)
+    loss_kwargs = dict(margin=t.cosine_margin, scale=t.mnr_scale, positive_threshold=t.positive_threshold)
 
     def output_loss(outputs, batch):
         if not outputs:
@@ -271,6 +280,13 @@ def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_o
         aux["weight"] = float(count)  # examples in this batch (training batches have no padding)
         return total, aux
 
+    return output_loss
+
+
+def predictor(t, specs):
+    """make_predict(forward) -> predict_fn(params, batch): each task's predictions."""
+    options = head_options(t, specs)
+
     def make_predict(forward):
         def predict_fn(params, batch):
             outputs = forward(params, batch)
@@ -280,6 +296,20 @@ def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_o
             }
 
         return predict_fn
+
+    return make_predict
+
+
+def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_out: dict, eval_examples: dict,
+             *, pcgrad: bool | None = None):  # fmt: skip
+    """The task from its parts: the `task` config section, the model and its params, the arrays per task
+    (train, eval) and the eval examples. `build` reads them from files; the benchmark makes them up.
+    `pcgrad`: `techniques.pcgrad.enabled`; None reads a `pcgrad` key of the task section instead, which
+    qajax/bench.py still sets (false when there is none)."""
+    specs = model.heads
+    if pcgrad is None:
+        pcgrad = bool(t.get("pcgrad", False))
+    forward, make_predict = make_forward(model), predictor(t, specs)
 
     def make_train_batches(**iterator_args):
         return MultitaskBatches(train, schedule=t.schedule, **iterator_args)
@@ -296,7 +326,7 @@ def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_o
         model=model,
         initial_params=params,
         forward=forward,
-        output_loss=output_loss,
+        output_loss=make_output_loss(t, specs),
         logits=lambda outputs: {name: out["score"] for name, out in outputs.items()},
         train_arrays={},
         eval_arrays=None,
@@ -307,7 +337,8 @@ def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_o
         make_predict=make_predict,
         make_train_batches=make_train_batches,
         eval_sets=held_out or None,
-        pcgrad=t.pcgrad,
+        pcgrad=pcgrad,
+        applies_techniques=("pcgrad",),
         output_kinds={spec.name: spec.kind for spec in specs},
         lr_multipliers=tuple((pattern, float(t.affine_lr_multiplier)) for pattern in affine),
         no_decay=affine,  # a temperature and an offset (as CLIP's logit scale), not weights to shrink

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import difflib
 import os
-import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from qajax.errors import DataError
@@ -317,7 +315,7 @@ def load(source, split: str = "train", *, skip_invalid: bool = False) -> Loaded:
     return load_hub(source, split, skip_invalid=skip_invalid)
 
 
-def _single_context(example: Example, why: str) -> str:
+def single_context(example: Example, why: str) -> str:
     if len(example.contexts) != 1:
         message = f"has {len(example.contexts)} contexts; {why} needs exactly one"
         raise DataError(message, where=f"question {example.id!r}")
@@ -330,7 +328,7 @@ def to_squad_json(examples: Iterable[Example], *, version: str = "v2.0") -> dict
         raise ValueError(f"version must be 'v1.1' or 'v2.0', not {version!r}")
     articles: dict[str, dict[str, list]] = {}  # title -> context -> qas
     for example in examples:
-        context = _single_context(example, "a SQuAD file")
+        context = single_context(example, "a SQuAD file")
         if version == "v1.1" and example.is_impossible:
             raise DataError("is unanswerable, which v1.1 cannot hold; use v2.0", where=f"question {example.id!r}")
         answers = [{"text": a.text, "answer_start": a.start} for a in example.answers]
@@ -351,52 +349,3 @@ def to_multi_context_json(examples: Iterable[Example]) -> dict:
         return {"id": e.id, "question": e.question, "title": e.title, "contexts": list(e.contexts), "answers": answers}
 
     return {"version": MULTI_CONTEXT_VERSION, "data": [record(e) for e in examples]}
-
-
-def split_by_title(examples: Iterable[Example], eval_titles: Sequence[str]) -> tuple[list[Example], list[Example]]:
-    """(train, eval): eval holds every question of the articles named in `eval_titles`, train the rest."""
-    examples, wanted = list(examples), set(eval_titles)
-    titles = {e.title for e in examples}
-    if wanted - titles:
-        title = sorted(wanted - titles)[0]
-        close = difflib.get_close_matches(title, titles, n=3)
-        raise DataError(f"no question has eval title {title!r}" + (f"; did you mean {close}?" if close else ""))
-    train = [e for e in examples if e.title not in wanted]
-    return train, [e for e in examples if e.title in wanted]
-
-
-def as_multi_context(examples: Iterable[Example], contexts_per_question: int, seed: int) -> list[Example]:
-    """Each question gets its paragraph and `contexts_per_question - 1` others, in a shuffled order.
-
-    Others come from the same article first, then from other articles when it is short. Each question's draw
-    is seeded by (seed, id) over sorted paragraphs, so it does not depend on the order of the examples.
-    """
-    examples = list(examples)
-    owner: dict[str, str] = {}  # each distinct paragraph -> the first title it appears under
-    for example in examples:
-        owner.setdefault(_single_context(example, "as_multi_context"), example.title)
-    pool = sorted(owner)  # sorted, so that the draw does not depend on the order of the examples
-    by_title: dict[str, list[str]] = collections.defaultdict(list)
-    for context in pool:
-        by_title[owner[context]].append(context)
-    if not 1 <= contexts_per_question <= len(pool):
-        raise ValueError(f"contexts_per_question must be in 1..{len(pool)} (distinct paragraphs)")
-
-    result = []
-    for example in examples:
-        rng = random.Random(f"{seed}/{example.id}")  # str seeds hash with sha512: stable across runs
-        own, wanted = example.contexts[0], contexts_per_question - 1
-        same_article = [c for c in by_title[example.title] if c != own]
-        chosen = rng.sample(same_article, min(wanted, len(same_article)))
-        taken = {own, *chosen}
-        while len(chosen) < wanted:  # the article is short: draw from the others
-            context = pool[rng.randrange(len(pool))]
-            if context not in taken:
-                chosen.append(context)
-                taken.add(context)
-        contexts = [own, *chosen]
-        rng.shuffle(contexts)
-        index = contexts.index(own)
-        answers = tuple(dataclasses.replace(a, context_index=index) for a in example.answers)
-        result.append(Example(example.id, example.question, tuple(contexts), answers, example.title))
-    return result

@@ -47,13 +47,13 @@ class EdaConfig:
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"task.eda.schedule={self.schedule!r}: expected one of {SCHEDULES}")
+            raise ConfigError(f"techniques.eda.schedule={self.schedule!r}: expected one of {SCHEDULES}")
         for name in ("start_rate", "end_rate", "swap", "delete", "duplicate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"task.eda.{name}={value!r}: expected a number in [0, 1]")
+                raise ConfigError(f"techniques.eda.{name}={value!r}: expected a number in [0, 1]")
         if not isinstance(self.ramp_epochs, int) or self.ramp_epochs < 1:
-            raise ConfigError(f"task.eda.ramp_epochs={self.ramp_epochs!r}: expected a positive integer")
+            raise ConfigError(f"techniques.eda.ramp_epochs={self.ramp_epochs!r}: expected a positive integer")
 
     def rate(self, epoch: int) -> float:
         """The scheduled rate p of `epoch` (0-based)."""
@@ -110,18 +110,29 @@ def augment_context(
     """(augmented context, new start of each span); the text of each span is unchanged."""
     blocks = _protected_blocks(context, spans)
     pieces, trailing = _pieces(context, blocks)
-    free = lambda: [i for i, piece in enumerate(pieces) if piece.block < 0]
+    _swap(pieces, swap_rate, rng)  # 1.
+    pieces, trailing = _delete(pieces, trailing, delete_rate, rng)  # 2.
+    _duplicate(pieces, duplicate_rate, rng)  # 3.
+    return _rebuild(pieces, trailing, blocks, spans)  # 4.
 
-    # 1. Swap: exchange the texts of two free words, Binomial(l, p) times.
-    words = free()
+
+def _free(pieces: list[_Piece]) -> list[int]:
+    return [i for i, piece in enumerate(pieces) if piece.block < 0]
+
+
+def _swap(pieces: list[_Piece], rate: float, rng: np.random.Generator) -> None:
+    """1. Swap: exchange the texts of two free words, Binomial(l, p) times (in place)."""
+    words = _free(pieces)
     if len(words) >= 2:
-        for _ in range(rng.binomial(len(words), swap_rate)):
+        for _ in range(rng.binomial(len(words), rate)):
             a, b = rng.choice(words, 2, replace=False)
             pieces[a].text, pieces[b].text = pieces[b].text, pieces[a].text
 
-    # 2. Delete each free word with probability p (with the whitespace before it; the first keeps it).
-    words = free()
-    doomed = {w for w, gone in zip(words, rng.random(len(words)) < delete_rate, strict=True) if gone}
+
+def _delete(pieces: list[_Piece], trailing: str, rate: float, rng: np.random.Generator) -> tuple[list[_Piece], str]:
+    """2. Delete each free word with probability p (with the whitespace before it; the first keeps it)."""
+    words = _free(pieces)
+    doomed = {w for w, gone in zip(words, rng.random(len(words)) < rate, strict=True) if gone}
     kept = []
     for i, piece in enumerate(pieces):
         if i in doomed:
@@ -133,12 +144,14 @@ def augment_context(
                     trailing = piece.separator + trailing
             continue
         kept.append(piece)
-    pieces = kept
+    return kept, trailing
 
-    # 3. Duplicate: insert a copy of a random free word at a random place, Binomial(l, p) times.
-    words = [pieces[i].text for i in free()]
+
+def _duplicate(pieces: list[_Piece], rate: float, rng: np.random.Generator) -> None:
+    """3. Duplicate: insert a copy of a random free word at a random place, Binomial(l, p) times (in place)."""
+    words = [pieces[i].text for i in _free(pieces)]
     if words:
-        for _ in range(rng.binomial(len(words), duplicate_rate)):
+        for _ in range(rng.binomial(len(words), rate)):
             text = words[rng.integers(len(words))]
             at = int(rng.integers(len(pieces) + 1))
             if at < len(pieces):  # takes the separator of the piece it goes before, which gets a space
@@ -147,7 +160,11 @@ def augment_context(
             else:
                 pieces.append(_Piece(" ", text, -1))
 
-    # 4. Rebuild, noting where each block starts now.
+
+def _rebuild(
+    pieces: list[_Piece], trailing: str, blocks: list[tuple[int, int]], spans: Sequence[tuple[int, int]]
+) -> tuple[str, list[int]]:
+    """4. Rebuild, noting where each block starts now: (context, new start of each span)."""
     out, block_starts, length = [], {}, 0
     for piece in pieces:
         out.append(piece.separator)

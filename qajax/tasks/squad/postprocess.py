@@ -169,31 +169,16 @@ def postprocess(
     example_index, context_index, offsets = _check_inputs(
         examples, features, start_logits, end_logits, n_best, max_answer_length
     )
-    # Step 1: valid pairs of every window, with float64 scores. Padding never holds an answer, and a model
-    # trained on batches trimmed by length never learned to score it low: it must not crowd the top-k.
+    # Padding never holds an answer, and a model trained on batches trimmed by length never learned to score
+    # it low: it must not crowd the top-k.
     if "attention_mask" in features:
         padding = np.asarray(features["attention_mask"])[:, : start_logits.shape[1]] == 0
         start_logits, end_logits = (np.where(padding, -np.inf, x) for x in (start_logits, end_logits))
-    window, start, end, char_start, char_end = _candidates(start_logits, end_logits, offsets, n_best, max_answer_length)
-    start_logit = start_logits[window, start].astype(np.float64)
-    end_logit = end_logits[window, end].astype(np.float64)
-    score = start_logit + end_logit
-    example, context = example_index[window], context_index[window]
-    # Step 2: one candidate per (example, context, char span), the best-scoring one (ties: the first window).
-    order = np.lexsort((window, -score, char_end, char_start, context, example))
-    keep = order[_first_of_runs(example[order], context[order], char_start[order], char_end[order])]
-    # Step 3: the n_best best per example, best first.
-    keep = keep[np.lexsort((window[keep], -score[keep], example[keep]))]
-    group_start = np.searchsorted(example[keep], example[keep], side="left")
-    keep = keep[np.arange(len(keep)) - group_start < n_best]
-    bounds = np.searchsorted(example[keep], np.arange(len(examples) + 1))
-    # Step 4: the null score per example, from its lowest-scoring window (ties: the first window).
-    null_scores = start_logits[:, 0].astype(np.float64) + end_logits[:, 0].astype(np.float64)  # [F]
-    by_null = np.lexsort((np.arange(len(null_scores)), null_scores, example_index))
-    first = by_null[_first_of_runs(example_index[by_null])]
-    null_window = dict(zip(example_index[first].tolist(), first.tolist(), strict=True))
+    columns, bounds = _n_best_spans(  # steps 1 to 3
+        start_logits, end_logits, offsets, example_index, context_index, len(examples), n_best, max_answer_length
+    )
+    null_scores, null_window = _null_windows(start_logits, end_logits, example_index)  # step 4
     # Step 5: per question, plain Python over at most n_best + 1 entries.
-    columns = [a[keep].tolist() for a in (context, char_start, char_end, score, start_logit, end_logit)]
     predictions, nbest, null_odds = {}, {}, {}
     for e, ex in enumerate(examples):
         spans = [_span(ex, *row) for row in zip(*(c[bounds[e] : bounds[e + 1]] for c in columns), strict=True)]
@@ -208,6 +193,37 @@ def postprocess(
         predictions[ex.id] = spans[0][0] if answered else ""
         nbest[ex.id] = [prediction.to_json() for prediction in _rank(spans, null)]
     return predictions, nbest, null_odds
+
+
+def _n_best_spans(start_logits, end_logits, offsets, example_index, context_index, num_examples: int, n_best: int,
+                  max_answer_length: int) -> tuple[list[list], np.ndarray]:  # fmt: skip
+    """(columns context, char_start, char_end, score, start_logit, end_logit of the kept spans, each a list
+    grouped by example and best first; bounds [num_examples + 1]: example e's spans are bounds[e]:bounds[e+1])."""
+    # Step 1: valid pairs of every window, with float64 scores.
+    window, start, end, char_start, char_end = _candidates(start_logits, end_logits, offsets, n_best, max_answer_length)
+    start_logit = start_logits[window, start].astype(np.float64)
+    end_logit = end_logits[window, end].astype(np.float64)
+    score = start_logit + end_logit
+    example, context = example_index[window], context_index[window]
+    # Step 2: one candidate per (example, context, char span), the best-scoring one (ties: the first window).
+    order = np.lexsort((window, -score, char_end, char_start, context, example))
+    keep = order[_first_of_runs(example[order], context[order], char_start[order], char_end[order])]
+    # Step 3: the n_best best per example, best first.
+    keep = keep[np.lexsort((window[keep], -score[keep], example[keep]))]
+    group_start = np.searchsorted(example[keep], example[keep], side="left")
+    keep = keep[np.arange(len(keep)) - group_start < n_best]
+    bounds = np.searchsorted(example[keep], np.arange(num_examples + 1))
+    columns = [a[keep].tolist() for a in (context, char_start, char_end, score, start_logit, end_logit)]
+    return columns, bounds
+
+
+def _null_windows(start_logits, end_logits, example_index) -> tuple[np.ndarray, dict[int, int]]:
+    """Step 4: (null score of every window [F] in float64, example -> its lowest-scoring window (ties: the
+    first window))."""
+    null_scores = start_logits[:, 0].astype(np.float64) + end_logits[:, 0].astype(np.float64)  # [F]
+    by_null = np.lexsort((np.arange(len(null_scores)), null_scores, example_index))
+    first = by_null[_first_of_runs(example_index[by_null])]
+    return null_scores, dict(zip(example_index[first].tolist(), first.tolist(), strict=True))
 
 
 def _dumps(value, name: str) -> str:

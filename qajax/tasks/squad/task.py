@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ from qajax.checkpoints.factory import load_or_init
 from qajax.data.epochs import PerEpochBatches, fit_rows
 from qajax.errors import ConfigError
 from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
-from qajax.tasks.squad import data, postprocess
+from qajax.tasks.squad import data, postprocess, splits
 from qajax.tasks.squad.eda import EdaConfig, augment_examples
 from qajax.tasks.squad.features import DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LENGTH, FeatureConfig, featurize_cached
 from qajax.tasks.squad.generate import generate_examples
@@ -23,6 +24,7 @@ from qajax.train.task import Task
 
 log = logging.getLogger(__name__)
 GENERATED = "generated"  # task.train_file / eval_file: the run-time generated data set of the demo
+APPLIES_TECHNIQUES = ("eda",)  # techniques.eda: the training contexts, augmented per epoch (eda_batches)
 FIT_STREAM = 1  # rng stream of the rows an augmented epoch drops or repeats (see eda_batches)
 
 
@@ -50,28 +52,14 @@ def default_config() -> ml_collections.ConfigDict:
     t.max_answer_length = MAX_ANSWER_LENGTH  # 30 tokens
     t.null_threshold = 0.0  # predict "" when null score - best span score > this
     t.cache_dir = "~/.cache/qajax/features"
-    t.eda = eda_defaults()
     return t
-
-
-def eda_defaults() -> ml_collections.ConfigDict:
-    """`task.eda`: report 000's EDA on training contexts (qajax.tasks.squad.eda), remade every epoch."""
-    e = ml_collections.ConfigDict()
-    e.enabled = False
-    e.schedule = "linear"  # linear: start_rate at epoch 0 -> end_rate at the last ramp epoch; constant: end_rate
-    e.start_rate = 0.0
-    e.end_rate = 0.1  # report 000: constant 0.1 and 0.05 hurt, linear 0 -> 0.1 came closest to no EDA
-    e.ramp_epochs = 0  # 0: the whole run (train.epochs, or train.steps in epochs)
-    e.swap = 1.0  # each operation's rate = scheduled rate * this share; 0 turns it off
-    e.delete = 1.0
-    e.duplicate = 1.0
-    return e
 
 
 def eda_batches(config, examples, featurize, num_rows: int):
     """Task.make_train_batches for EDA: epoch e's batches come from `featurize(augmented examples of e)`,
-    cut or topped up to the plain run's `num_rows` windows so that every epoch has the same steps."""
-    e, train = config.task.eda, config.train
+    cut or topped up to the plain run's `num_rows` windows so that every epoch has the same steps. The
+    section is `techniques.eda` (qajax.techniques.eda)."""
+    e, train = config.techniques.eda, config.train
     ramp_epochs = e.ramp_epochs
     if not ramp_epochs:
         steps_per_epoch = max(1, num_rows // train.batch_size)
@@ -112,22 +100,22 @@ def read_splits(t, seed: int) -> tuple[list, list, list]:
 
     train, dev = read(t.train_file, "train", 0), []
     if t.dev_titles:  # neither trained nor evaluated on
-        train, dev = data.split_by_title(train, tuple(t.dev_titles))
+        train, dev = splits.split_by_title(train, tuple(t.dev_titles))
         if t.version == "v1.1":
             log.warning("task.dev_titles %s: left out of training, and unused (SQuAD v1.1 has no threshold)",
                         list(t.dev_titles))  # fmt: skip
             dev = []
     if t.eval_titles:
-        train, held_out = data.split_by_title(train, tuple(t.eval_titles))
+        train, held_out = splits.split_by_title(train, tuple(t.eval_titles))
     else:
         held_out = read(t.eval_file, "validation", 1) if t.eval_file else []
     if t.version == "v1.1":
         train = [e for e in train if not e.is_impossible]
         held_out = [e for e in held_out if not e.is_impossible]
     if t.contexts_per_question > 1:
-        train = data.as_multi_context(train, t.contexts_per_question, seed)
-        held_out = data.as_multi_context(held_out, t.contexts_per_question, seed + 1)
-        dev = data.as_multi_context(dev, t.contexts_per_question, seed + 2) if dev else dev
+        train = splits.as_multi_context(train, t.contexts_per_question, seed)
+        held_out = splits.as_multi_context(held_out, t.contexts_per_question, seed + 1)
+        dev = splits.as_multi_context(dev, t.contexts_per_question, seed + 2) if dev else dev
     return train, held_out, dev
 
 
@@ -201,7 +189,9 @@ def build(config) -> Task:
 
     train_arrays = featurize_train(train_examples)
     num_train = len(train_arrays["input_ids"])
-    make_train_batches = eda_batches(config, train_examples, featurize_train, num_train) if t.eda.enabled else None
+    make_train_batches = None
+    if config.techniques.eda.enabled:  # the contexts augmented anew every epoch
+        make_train_batches = eda_batches(config, train_examples, featurize_train, num_train)
     eval_features = None
     if eval_examples:
         # With labels (the first reference answer) so that evaluation also reports eval/loss.
@@ -227,6 +217,7 @@ def build(config) -> Task:
         eval_sets=eval_sets,
         evaluate=evaluate,
         tokens_per_example=t.max_seq_length,
+        applies_techniques=APPLIES_TECHNIQUES,
     )
 
 
@@ -234,4 +225,5 @@ def build_for_shapes(config):
     """The task without data or weights, for ahead-of-time compiles (see `span_task_for_shapes`)."""
     from qajax.tasks.span import span_task_for_shapes
 
-    return span_task_for_shapes(config, config.task.max_seq_length)
+    task, batch_shapes = span_task_for_shapes(config, config.task.max_seq_length)
+    return dataclasses.replace(task, applies_techniques=APPLIES_TECHNIQUES), batch_shapes

@@ -65,7 +65,7 @@ def test_train_together_with_pcgrad(tmp_path):
     config = tiny_config(
         tmp_path,
         "task.schedule=together",
-        "task.pcgrad=true",
+        "techniques.pcgrad.enabled=true",
         "task.quora.form=cosine",
         "task.quora.loss=cosine_embedding",
         "task.sts.form=concat",

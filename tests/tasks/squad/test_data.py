@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from qajax.errors import DataError
-from qajax.tasks.squad import data
+from qajax.tasks.squad import data, splits
 from qajax.tasks.squad.data import Answer, Example
 from qajax.tasks.squad.metric import evaluate_v2
+from tests.tasks.squad.test_splits import articles
 
 DEV_PART = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "squad2" / "dev-part.json"
 CONTEXT = "Normandy is a region in France."  # "France" starts at 24
@@ -383,47 +384,6 @@ def test_context_index_message_names_the_field(tmp_path):
         data.read_multi_context(write(tmp_path, document))
 
 
-def articles() -> list[Example]:
-    """Article A has three paragraphs, B one; B's questions must borrow from A."""
-    examples = []
-    for title, paragraphs in (("A", ["a0 text.", "a1 text.", "a2 text."]), ("B", ["b0 text."])):
-        for p, context in enumerate(paragraphs):
-            answers = (Answer("text", 3),) if p % 2 == 0 else ()
-            examples += [Example(f"{title}{p}-{n}", "?", (context,), answers, title) for n in range(2)]
-    return examples
-
-
-def test_as_multi_context_is_deterministic_and_keeps_answers_on_their_text():
-    examples = articles()
-    first = data.as_multi_context(examples, 3, seed=0)
-    assert first == data.as_multi_context(examples, 3, seed=0)
-    assert {e.id: e for e in first} == {e.id: e for e in data.as_multi_context(examples[::-1], 3, seed=0)}
-    assert first != data.as_multi_context(examples, 3, seed=1)
-    for original, multi in zip(examples, first, strict=True):
-        assert multi.id == original.id and len(set(multi.contexts)) == 3
-        assert original.contexts[0] in multi.contexts
-        assert multi.is_impossible == original.is_impossible
-        for answer in multi.answers:
-            assert multi.contexts[answer.context_index][answer.start :][: len(answer.text)] == answer.text
-            assert multi.contexts[answer.context_index] == original.contexts[0]
-        if original.title == "A":  # a long enough article lends only its own paragraphs
-            assert set(multi.contexts) == {"a0 text.", "a1 text.", "a2 text."}
-        else:
-            assert sum(c.startswith("a") for c in multi.contexts) == 2
-    # The own paragraph's position varies with the seed, so a model cannot learn "the answer is in context 0".
-    assert len({a.context_index for e in first for a in e.answers}) > 1
-    with pytest.raises(ValueError, match="contexts_per_question"):
-        data.as_multi_context(examples, 5, seed=0)
-
-
-def test_split_by_title():
-    examples = articles()
-    train, evaluation = data.split_by_title(examples, ["B"])
-    assert {e.title for e in train} == {"A"} and [e.id for e in evaluation] == ["B0-0", "B0-1"]
-    with pytest.raises(DataError, match=r"no question has eval title 'Bb'; did you mean \['B'\]"):
-        data.split_by_title(examples, ["Bb"])
-
-
 def test_dev_titles_are_kept_out_of_training_and_evaluation(tmp_path):
     from qajax.tasks.squad.task import default_config, read_splits
 
@@ -552,12 +512,12 @@ def test_dev_part_counts_split_and_round_trip(tmp_path):
     assert len(examples) == 4611 and sum(e.is_impossible for e in examples) == 2427 and len(report) == 0
     titles = sorted({e.title for e in examples})
     assert len(titles) == 12
-    train, evaluation = data.split_by_title(examples, titles[:3])
+    train, evaluation = splits.split_by_title(examples, titles[:3])
     assert {e.title for e in train}.isdisjoint({e.title for e in evaluation})
     assert len({e.title for e in train}) == 9 and len(train) + len(evaluation) == len(examples)
     assert {e.id for e in train} | {e.id for e in evaluation} == {e.id for e in examples}
 
     assert data.read_squad(write(tmp_path, data.to_squad_json(examples)))[0] == examples
-    for example in data.as_multi_context(examples, 4, seed=0):
+    for example in splits.as_multi_context(examples, 4, seed=0):
         for answer in example.answers:
             assert example.contexts[answer.context_index][answer.start :].startswith(answer.text)

@@ -187,11 +187,11 @@ def test_schedules():
     np.testing.assert_allclose([linear.rate(e) for e in range(7)], [0, 0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
     assert EdaConfig("linear", 0.02, 0.1, ramp_epochs=1).rate(0) == 0.1
     assert [EdaConfig("constant", end_rate=0.05).rate(e) for e in range(3)] == [0.05] * 3
-    with pytest.raises(ConfigError, match="task.eda.schedule"):
+    with pytest.raises(ConfigError, match="techniques.eda.schedule"):
         EdaConfig("cosine")
-    with pytest.raises(ConfigError, match="task.eda.end_rate"):
+    with pytest.raises(ConfigError, match="techniques.eda.end_rate"):
         EdaConfig(end_rate=1.5)
-    with pytest.raises(ConfigError, match="task.eda.ramp_epochs"):
+    with pytest.raises(ConfigError, match="techniques.eda.ramp_epochs"):
         EdaConfig(ramp_epochs=0)
 
 
@@ -249,9 +249,9 @@ def test_squad_task_remakes_the_training_windows_every_epoch(tmp_path):
         pytest.skip("MiniLM checkpoint not installed")
     overrides = [
         "task.generated_passages=8",
-        "task.eda.enabled=true",
-        "task.eda.schedule=constant",
-        "task.eda.end_rate=0.3",
+        "techniques.eda.enabled=true",
+        "techniques.eda.schedule=constant",
+        "techniques.eda.end_rate=0.3",
         f"task.cache_dir={tmp_path}",
         "train.epochs=0",
         "train.steps=20",
