@@ -290,7 +290,8 @@ def _bench(args) -> int:
 def _bench_workload(args) -> int:
     from qajax import bench_workload
 
-    workload = bench_workload.Workload(data=args.data, epochs_fraction=args.epochs_fraction)
+    sizes = {"batch_size": args.batch_size} if args.batch_size else {}  # windows per step (packed: half in rows)
+    workload = bench_workload.Workload(data=args.data, epochs_fraction=args.epochs_fraction, **sizes)
     names = tuple(n for n in args.entries.split(",") if n) if args.entries else bench_workload.DEFAULT_ENTRIES
     try:
         report = bench_workload.run(workload, names)
