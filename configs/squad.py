@@ -27,6 +27,11 @@ def get_config():
     config.train.steps = 0
     config.train.epochs = 2.0
     config.train.batch_size = 32
+    # Batches of similar lengths trimmed to a multiple of 64 (the loss ignores padding: it trains as padded
+    # windows do). Measured end to end against packing (train.packing=true, one compile, 384-token rows) on
+    # this CPU, bucketing's shorter rows win: attention's cost grows with the row's square
+    # (docs/results/squad_epoch_bench.md, `qajax bench --workload squad`).
+    config.train.length_bucket = 64
     config.train.log_every = 10
     config.train.eval_every = 0  # at the end
     config.optimizer.learning_rate = 1e-4

@@ -121,11 +121,11 @@ def multitask_task(shape: Shape, pcgrad: bool = True):
     from qajax.tasks.multitask import task as multitask
 
     t = multitask.default_config()
-    t.schedule, t.pcgrad = "together", pcgrad
+    t.schedule = "together"
     specs = multitask.head_specs(t)
     model = multitask_model.MultitaskModel(shape.encoder(), specs, head_dropout=t.head_dropout)
     params = jax.device_get(multitask_model.init_params(model, jax.random.key(0)))
-    task = multitask.assemble(t, ModelSpec(shape.encoder(), "encoder"), model, params, {}, {}, {})
+    task = multitask.assemble(t, ModelSpec(shape.encoder(), "encoder"), model, params, {}, {}, {}, pcgrad=pcgrad)
     rng = np.random.default_rng(0)
     batch = {}
     for i, spec in enumerate(specs):

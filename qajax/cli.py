@@ -262,6 +262,8 @@ PRESETS = {
 
 
 def _bench(args) -> int:
+    if args.workload:
+        return _bench_workload(args)
     from qajax import bench
 
     values = dict(PRESETS[args.preset], dtype=args.dtype)
@@ -269,7 +271,7 @@ def _bench(args) -> int:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     shape = bench.Shape(**values)
-    names = [n for n in args.entries.split(",") if n]
+    names = [n for n in (args.entries or "qajax,qajax-eval,hf-flax,hf-pytorch").split(",") if n]
     report = bench.run(
         shape,
         names,
@@ -282,6 +284,21 @@ def _bench(args) -> int:
     if args.png:
         bench.plot(report, args.png)
     print(json.dumps(report) if args.json else bench.markdown(report))
+    return 0
+
+
+def _bench_workload(args) -> int:
+    from qajax import bench_workload
+
+    sizes = {"batch_size": args.batch_size} if args.batch_size else {}  # windows per step (packed: half in rows)
+    workload = bench_workload.Workload(data=args.data, epochs_fraction=args.epochs_fraction, **sizes)
+    names = tuple(n for n in args.entries.split(",") if n) if args.entries else bench_workload.DEFAULT_ENTRIES
+    try:
+        report = bench_workload.run(workload, names)
+    except bench_workload.DataAbsent as e:
+        print(f"qajax bench --workload squad: skipped, {e}", file=sys.stderr)
+        return 0
+    print(json.dumps(report) if args.json else bench_workload.markdown(report))
     return 0
 
 
@@ -465,9 +482,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="mesh", choices=("mesh", "pmap"), help="parallel mode of the qajax steps")
     p.add_argument(
         "--entries",
-        default="qajax,qajax-eval,hf-flax,hf-pytorch",
-        help="comma-separated: qajax, qajax-eval, hf-flax, hf-pytorch, and techniques: " + ", ".join(TECHNIQUE_NAMES),
+        default=None,
+        help="comma-separated: qajax, qajax-eval, hf-flax, hf-pytorch, and techniques: "
+        + ", ".join(TECHNIQUE_NAMES)
+        + " (default: qajax,qajax-eval,hf-flax,hf-pytorch); with --workload: qajax, qajax-padded, qajax-bucketed, "
+        "qajax-packed, hf-flax, hf-pytorch (default all but qajax-bucketed)",
     )
+    p.add_argument("--workload", default=None, choices=("squad",), help="an epoch's whole path instead of one step")
+    p.add_argument("--data", default="../shared/data/squad2/dev-part.json", help="--workload: the SQuAD .json")
+    p.add_argument("--epochs-fraction", type=float, default=0.2, help="--workload: the part of an epoch run")
     p.add_argument("--steps", type=int, default=10, help="timed steps per entry")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the compile among them)")
     p.add_argument(

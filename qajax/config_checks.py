@@ -53,6 +53,7 @@ def check(flat: dict) -> None:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{key}={flat[key]!r}: expected one of {allowed}{hint}")
     _check_windows(flat)
+    _check_packing(flat)
     for key in ("parallel.data", "parallel.fsdp"):
         value = flat.get(key)
         if isinstance(value, int) and not (value >= 1 or (key == "parallel.data" and value == -1)):
@@ -73,3 +74,26 @@ def _check_windows(flat: dict) -> None:
             f"task.max_query_length={query} must be in (0, task.max_seq_length={length}): the question and "
             "its context share one window"
         )
+
+
+def _check_packing(flat: dict) -> None:
+    """Packing needs windows to pack (span QA on SQuAD) and fixed rows (neither trimmed nor remade per epoch)."""
+    if not flat.get("train.packing"):
+        return
+    if flat.get("task.name") != "squad":
+        raise ConfigError(f"train.packing=true packs SQuAD windows; task.name={flat.get('task.name')!r} has none")
+    if flat.get("train.length_bucket"):
+        raise ConfigError(
+            "train.packing=true with train.length_bucket: choose one (packed rows have no padding to trim)"
+        )
+    if flat.get("techniques.eda.enabled"):
+        raise ConfigError("train.packing=true with techniques.eda.enabled: EDA remakes the windows every epoch, "
+                          "packing packs them once")  # fmt: skip
+    # Distillation and SMART compare softmaxes over a row's tokens, which would mix its windows; a soft prompt
+    # would join one window of the row.
+    mixed = [name for name in ("sda", "sdv", "smart", "prompt") if flat.get(f"techniques.{name}.enabled")]
+    if mixed:
+        raise ConfigError(f"train.packing=true with techniques {mixed}: they do not compare packed windows yet")
+    rows = flat.get("train.windows_per_row")
+    if not isinstance(rows, int) or rows < 1:
+        raise ConfigError(f"train.windows_per_row={rows!r}: expected a number of windows >= 1")

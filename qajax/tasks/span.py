@@ -11,16 +11,23 @@ import optax
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LABELS = ("start_positions", "end_positions")
+# Packed rows (qajax.data.packing) add per-token inputs, and labels become [batch, K] slots weighted by this.
+PACKED_INPUTS = ("segment_ids", "position_ids")
+WINDOW_WEIGHT = "window_weight"
 
 
 def make_forward(model):
     def forward(params, batch, rng=None, *, deterministic=True, **model_options):
-        """Model outputs for a batch; `model_options` reach the encoder (inputs_embeds, prompt_embeds, ...)."""
+        """Model outputs for a batch; `model_options` reach the encoder (inputs_embeds, prompt_embeds, ...).
+        A packed batch also passes its segment and position ids."""
         inputs = [batch[k] for k in MODEL_INPUTS]
         if "inputs_embeds" in model_options:
             inputs[0] = None  # the embeddings replace the ids
+        packing = {k: batch[k] for k in PACKED_INPUTS if k in batch}
         rngs = {} if deterministic else {"dropout": rng}
-        return model.apply({"params": params}, *inputs, deterministic=deterministic, rngs=rngs, **model_options)
+        return model.apply(
+            {"params": params}, *inputs, deterministic=deterministic, rngs=rngs, **packing, **model_options
+        )
 
     return forward
 
@@ -53,6 +60,37 @@ def span_loss(
     return mean(per_example), {"weight": total, "start_loss": mean(start), "end_loss": mean(end)}
 
 
+def packed_span_loss(
+    start_logits,  # [batch, seq] float32 over packed rows
+    end_logits,  # [batch, seq]
+    segment_ids,  # [batch, seq] slot k + 1 for the tokens of the row's k-th window, 0 padding
+    start_positions,  # [batch, K] row offsets; a window's [CLS] (its first token) for "no answer"
+    end_positions,  # [batch, K]
+    window_weight,  # [batch, K] 1 real window, 0 empty slot
+    example_weight=None,  # [batch] 1 real row, 0 a padding copy (evaluation)
+    *,
+    start_weight: float = 1.0,
+    end_weight: float = 1.0,
+) -> tuple[jax.Array, dict]:
+    """`span_loss` per window of packed rows: each window's softmax runs over its own tokens only, and the
+    mean is over real windows, so a packed batch has the loss (and gradients) of its windows unpacked."""
+    batch, seq = segment_ids.shape
+    slots = start_positions.shape[-1]
+    window_mask = segment_ids[:, None, :] == jnp.arange(1, slots + 1)[None, :, None]  # [batch, K, seq]
+    weight = window_weight if example_weight is None else window_weight * example_weight[:, None]
+    per_window = lambda logits: jnp.broadcast_to(logits[:, None, :], (batch, slots, seq)).reshape(-1, seq)
+    return span_loss(
+        per_window(start_logits),
+        per_window(end_logits),
+        start_positions.reshape(-1),
+        end_positions.reshape(-1),
+        weight.reshape(-1),
+        window_mask.reshape(-1, seq),
+        start_weight=start_weight,
+        end_weight=end_weight,
+    )
+
+
 PADDING_LOGIT = -1e9  # finite: exp underflows to 0 and gradients stay defined
 
 
@@ -63,6 +101,18 @@ def mask_padding(logits, token_mask):
 
 def make_output_loss(start_weight: float = 1.0, end_weight: float = 1.0):
     def output_loss(outputs, batch):
+        if WINDOW_WEIGHT in batch:  # packed rows
+            return packed_span_loss(
+                outputs.start_logits,
+                outputs.end_logits,
+                batch["segment_ids"],
+                batch["start_positions"],
+                batch["end_positions"],
+                batch[WINDOW_WEIGHT],
+                batch.get("example_weight"),
+                start_weight=start_weight,
+                end_weight=end_weight,
+            )
         return span_loss(
             outputs.start_logits,
             outputs.end_logits,
@@ -136,9 +186,16 @@ def span_task_for_shapes(config, seq_len: int):
         tokens_per_example=seq_len,
     )
 
+    slots = config.train.windows_per_row if config.train.packing else 0
+
     def batch_shapes(num_examples: int) -> dict:
+        """One batch of windows, or with train.packing of packed rows (`num_examples` rows of `slots` windows)."""
         tokens = jax.ShapeDtypeStruct((num_examples, seq_len), np.int32)
-        labels = jax.ShapeDtypeStruct((num_examples,), np.int32)
-        return {**{k: tokens for k in MODEL_INPUTS}, **{k: labels for k in LABELS}}
+        labels = jax.ShapeDtypeStruct((num_examples, slots) if slots else (num_examples,), np.int32)
+        shapes = {**{k: tokens for k in MODEL_INPUTS}, **{k: labels for k in LABELS}}
+        if slots:
+            shapes.update({k: tokens for k in PACKED_INPUTS})
+            shapes[WINDOW_WEIGHT] = jax.ShapeDtypeStruct((num_examples, slots), np.float32)
+        return shapes
 
     return task, batch_shapes

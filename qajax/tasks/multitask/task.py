@@ -301,14 +301,11 @@ def predictor(t, specs):
 
 
 def assemble(t, encoder_spec, model: MultitaskModel, params, train: dict, held_out: dict, eval_examples: dict,
-             *, pcgrad: bool | None = None):  # fmt: skip
+             *, pcgrad: bool):  # fmt: skip
     """The task from its parts: the `task` config section, the model and its params, the arrays per task
     (train, eval) and the eval examples. `build` reads them from files; the benchmark makes them up.
-    `pcgrad`: `techniques.pcgrad.enabled`; None reads a `pcgrad` key of the task section instead, which
-    qajax/bench.py still sets (false when there is none)."""
+    `pcgrad`: `techniques.pcgrad.enabled`."""
     specs = model.heads
-    if pcgrad is None:
-        pcgrad = bool(t.get("pcgrad", False))
     forward, make_predict = make_forward(model), predictor(t, specs)
 
     def make_train_batches(**iterator_args):

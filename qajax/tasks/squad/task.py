@@ -11,9 +11,10 @@ import ml_collections
 import numpy as np
 
 from qajax.checkpoints.factory import load_or_init
+from qajax.data import packing
 from qajax.data.epochs import PerEpochBatches, fit_rows
 from qajax.errors import ConfigError
-from qajax.tasks.span import LABELS, MODEL_INPUTS, span_task
+from qajax.tasks.span import LABELS, MODEL_INPUTS, WINDOW_WEIGHT, span_task
 from qajax.tasks.squad import data, postprocess, splits
 from qajax.tasks.squad.eda import EdaConfig, augment_examples
 from qajax.tasks.squad.features import DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LENGTH, FeatureConfig, featurize_cached
@@ -131,7 +132,10 @@ class SquadEvaluation:
         self.examples, self.features, self.t = examples, features, t
 
     def __call__(self, outputs, arrays, null_threshold: float | None = None) -> dict[str, float]:
-        """Scores at `null_threshold` (task.null_threshold when None)."""
+        """Scores at `null_threshold` (task.null_threshold when None); logits of packed rows are unpacked to
+        their windows first."""
+        if "window_index" in arrays:
+            outputs = unpack_logits(outputs, arrays, self.features["offsets"].shape[:2])
         version_2 = self.t.version == "v2.0"
         cut = self.t.null_threshold if null_threshold is None else null_threshold
         predicted = postprocess.postprocess(
@@ -173,6 +177,22 @@ class DevThresholdEvaluation:
         return metrics
 
 
+def packed_arrays(features: dict, t, windows_per_row: int, *, for_training: bool) -> dict[str, np.ndarray]:
+    """The windows of `features` packed into rows of task.max_seq_length (qajax.data.packing); training keeps
+    what the step reads, evaluation also the layout that `unpack_logits` reads."""
+    lengths = packing.window_lengths(features["attention_mask"])
+    table = packing.pack_windows(lengths, t.max_seq_length, windows_per_row)
+    packed = packing.pack(features, table, token_keys=MODEL_INPUTS, label_keys=LABELS)
+    if for_training:
+        return {k: packed[k] for k in MODEL_INPUTS + packing.PACKING_KEYS + LABELS + (WINDOW_WEIGHT,)}
+    return packed
+
+
+def unpack_logits(outputs: dict, packed: dict, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Per-row start/end logits -> [windows, seq] in the windows' order, for the n-best unchanged."""
+    return {k: packing.unpack(outputs[k], packed, *shape) for k in ("start_logits", "end_logits")}
+
+
 def build(config) -> Task:
     t = config.task
     if t.version not in ("v1.1", "v2.0"):
@@ -183,8 +203,17 @@ def build(config) -> Task:
     feature_config = FeatureConfig(t.max_seq_length, t.doc_stride, t.max_query_length)
     cache = Path(t.cache_dir).expanduser()
 
+    packed = config.train.packing
+
     def featurize_train(examples):  # cached per content: an augmented epoch has its own key
         features = featurize_cached(examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
+        if packed:
+            return packed_arrays(features, t, config.train.windows_per_row, for_training=True)
+        return {k: features[k] for k in MODEL_INPUTS + LABELS}
+
+    def eval_arrays_of(features):  # with labels (the first reference answer): evaluation also reports eval/loss
+        if packed:
+            return packed_arrays(features, t, config.train.windows_per_row, for_training=False)
         return {k: features[k] for k in MODEL_INPUTS + LABELS}
 
     train_arrays = featurize_train(train_examples)
@@ -194,15 +223,18 @@ def build(config) -> Task:
         make_train_batches = eda_batches(config, train_examples, featurize_train, num_train)
     eval_features = None
     if eval_examples:
-        # With labels (the first reference answer) so that evaluation also reports eval/loss.
         eval_features = featurize_cached(eval_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
-    log.info("squad: %d train questions -> %d windows", len(train_examples), num_train)
-    eval_arrays = {k: eval_features[k] for k in MODEL_INPUTS + LABELS} if eval_examples else None
+    if packed:
+        windows = int(train_arrays[WINDOW_WEIGHT].sum())
+        log.info("squad: %d train questions -> %d windows in %d packed rows", len(train_examples), windows, num_train)
+    else:
+        log.info("squad: %d train questions -> %d windows", len(train_examples), num_train)
+    eval_arrays = eval_arrays_of(eval_features) if eval_examples else None
     evaluate = SquadEvaluation(eval_examples, eval_features, t) if eval_examples else None
     eval_sets = None
     if eval_examples and dev_examples:  # the null threshold of every evaluation is chosen on the dev articles
         dev_features = featurize_cached(dev_examples, tokenizer, feature_config, for_training=True, cache_dir=cache)
-        eval_sets = {"eval": eval_arrays, "dev": {k: dev_features[k] for k in MODEL_INPUTS + LABELS}}
+        eval_sets = {"eval": eval_arrays, "dev": eval_arrays_of(dev_features)}
         evaluate = DevThresholdEvaluation(evaluate, SquadEvaluation(dev_examples, dev_features, t))
         log.info("squad: null threshold chosen on %d dev questions (%s)", len(dev_examples), ", ".join(t.dev_titles))
 
