@@ -410,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
+    for add_commands in (_add_run_commands, _add_squad_commands, _add_tool_commands):
+        add_commands(command)
+    return parser
+
+
+def _add_run_commands(command) -> None:
+    """train, import-hf, export-hf."""
     p = command("train", "train (or resume) a config in a workdir", _train)
     p.add_argument("config", help="configs/NAME.py, optionally with :arg")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard; resumed if present")
@@ -444,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
+
+def _add_squad_commands(command) -> None:
+    """eval, predict, squad-eval: span QA on data files."""
     p = command("eval", "span QA: a model on a data file -> official metrics + prediction files", _eval)
     _add_span_options(p)
     p.add_argument("data", help="SQuAD / multi-context .json, or a hub name")
@@ -474,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--na-prob-thresh", type=float, default=1.0, help='answer "" where the null odds exceed this')
     _add_bertscore_options(p)
 
+
+def _add_tool_commands(command) -> None:
+    """bench, compile, plot, demo."""
     p = command("bench", "train-step throughput, compile time, memory and MFU, side by side", _bench)
     p.add_argument("--preset", default="minilm", choices=sorted(PRESETS), help="model and batch shape")
     for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "seq_len", "batch_size"):
@@ -526,7 +539,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", "the embedded default job (see README)", _demo)
     p.add_argument("--workdir", default="runs/demo", help="where the demo trains and exports")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo config key")
-    return parser
 
 
 def configure_logging(verbosity: int) -> None:
