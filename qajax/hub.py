@@ -32,7 +32,7 @@ def resolve(name: str | os.PathLike, *, what: str = "model") -> Path:
     path = Path(name)
     if path.exists() or not is_hub_id(str(name)):
         if not path.exists():
-            raise CheckpointError(f"{what} {name}: no such folder")
+            raise CheckpointError(f"{what} {name}: not a folder (no such path), nor a hub id (org/name)")
         return path
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

@@ -134,7 +134,7 @@ class SquadEvaluation:
     def __call__(self, outputs, arrays, null_threshold: float | None = None) -> dict[str, float]:
         """Scores at `null_threshold` (task.null_threshold when None); logits of packed rows are unpacked to
         their windows first."""
-        if "window_index" in arrays:
+        if arrays is not None and "window_index" in arrays:
             outputs = unpack_logits(outputs, arrays, self.features["offsets"].shape[:2])
         version_2 = self.t.version == "v2.0"
         cut = self.t.null_threshold if null_threshold is None else null_threshold
