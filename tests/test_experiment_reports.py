@@ -186,8 +186,8 @@ def test_attention_dropout_report_has_every_run_the_means_and_the_paired_differe
     # Paired 0.0 - 0.1 composite: -0.02, -0.01 -> mean -0.015, 95% t interval ± 12.706 * 0.00707 / sqrt(2).
     assert "-0.015 [-0.079, 0.049] (-0.020, -0.010)" in text
     # SQuAD: seed 1 has one variant only, so it enters the means but no pair.
-    assert "| 0.1 | 0, 1 | 49.21 ± 0.00 |" in text and "| 0.0 | 0 | 49.21 ± nan |" in text
-    assert "over seeds 0 (one value" in text and "-10.00 [nan, nan] (-10.00)" in text
+    assert "| 0.1 | 0, 1 | 49.21 ± 0.00 |" in text and "| 0.0 | 0 | 49.21 ± n/a |" in text
+    assert "over seeds 0 (one value" in text and "-10.00 [n/a] (-10.00)" in text
     assert text.rstrip().endswith("(ad.png)") and (tmp_path / "ad.png").stat().st_size > 5000
 
 

@@ -3,6 +3,7 @@ costs against the explicit path and cuDNN (dropout on the attention probabilitie
 
     .venv/bin/python scripts/experiments/attention_dropout.py --task multitask --workdir runs/ad_mt_s0 --set seed=0
     .venv/bin/python scripts/experiments/attention_dropout.py --task squad --workdir runs/ad_sq_s0 --set seed=0
+    .venv/bin/python scripts/experiments/attention_dropout.py --rewrite-report  # the report from the rows only
 
 Each variant is one run of multitask_minilm.py (its standard settings) or of squad_split.py (the reduced
 protocol SQUAD below) with `model.attention_dropout` set and everything else equal; both variants force
@@ -14,6 +15,7 @@ rate is 0). Rows: docs/results/attention_dropout.jsonl; report: attention_dropou
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 from pathlib import Path
 
@@ -31,7 +33,7 @@ VARIANTS = {
     "0.1": (*COMMON, "model.attention_dropout=0.1"),
     "0.0": (*COMMON, "model.attention_dropout=0.0"),
 }
-# squad_split.py's settings but 1 epoch (211 steps instead of 1,070; the schedule's warmup and decay follow),
+# squad_split.py's settings but 1 epoch (214 steps instead of 1,070; the schedule's warmup and decay follow),
 # evaluated once at the end: 5 epochs take ~50 minutes a run, too long for seeds x variants on 2 cores.
 SQUAD = ("train.epochs=1.0", "train.eval_every=0")
 MULTITASK_SCORES = (("SST-5 acc", "eval/sst_accuracy"), ("Quora acc", "eval/quora_accuracy"),
@@ -56,6 +58,10 @@ def score(row: dict, key: str) -> float:
 
 
 def main(argv=None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--rewrite-report"]:  # from the rows, after a change here
+        rows = [json.loads(line) for line in REPORT.with_suffix(".jsonl").read_text().splitlines()]
+        write_report(rows, REPORT)
+        return 0
     return run_variants(
         argv, doc=__doc__, script="scripts/experiments/attention_dropout.py", variants=VARIANTS,
         default="0.1,0.0", report=REPORT, run_one=_run_one, write_report=write_report,
@@ -94,7 +100,7 @@ def write_report(rows: list[dict], path: Path) -> None:
         "SQuAD (reduced): `scripts/experiments/squad_split.py`'s split and settings (8 articles train, Imperialism",
         "chooses the null threshold, Normans / Scottish_Parliament / Yuan_dynasty are scored: 1010 questions, 497",
         "unanswerable; 384 tokens, stride 128, batches bucketed by length, batch 16, lr 2e-4 with 10% warmup",
-        "and linear decay) with one change: `train.epochs=1.0` (211 steps instead of 5 epochs, 1,070 steps; the",
+        "and linear decay) with one change: `train.epochs=1.0` (214 steps instead of 5 epochs' 1,070; the",
         "schedule is compressed with it) and one evaluation, at the end (`train.eval_every=0`). F1, EM, HasAns F1,",
         "NoAns F1: the official v2.0 metric at the null threshold chosen on the dev article; always-answer HasAns",
         "F1: the best span of every answerable held-out question, whatever the null decision (what the spans",
@@ -103,7 +109,7 @@ def write_report(rows: list[dict], path: Path) -> None:
         "Spread: the sample standard deviation over seeds (n - 1). Paired difference: 0.0 minus 0.1 per seed,",
         "its mean and the 95% t interval of that mean (n - 1 degrees of freedom).",
         "",
-        "Commands (each runs both variants of one seed, 0.1 first):",
+        "Commands (in the order they ran; a command runs its --variants, 0.1 then 0.0 by default):",
         "",
     ]
     lines += [f"    {c}" for c in dict.fromkeys(r["command"] for r in rows)]
@@ -134,8 +140,8 @@ def _task_tables(runs: list[dict], scores, fmt: str) -> list[str]:
         cells = [variant, ", ".join(map(str, seeds))]
         for _, key in scores:
             values = [score(r, key) for r in seeds.values()]
-            sd = np.std(values, ddof=1) if len(values) > 1 else float("nan")
-            cells.append(f"{fmt.format(np.mean(values))} ± {fmt.format(sd)}")
+            sd = fmt.format(np.std(values, ddof=1)) if len(values) > 1 else "n/a"  # one seed: no spread
+            cells.append(f"{fmt.format(np.mean(values))} ± {sd}")
         lines.append("| " + " | ".join(cells) + " |")
     paired = sorted(set(by_seed.get("0.1", {})) & set(by_seed.get("0.0", {})))
     if paired:
@@ -144,10 +150,14 @@ def _task_tables(runs: list[dict], scores, fmt: str) -> list[str]:
         cells = ["0.0 - 0.1: mean [95% interval] (per seed)"]
         for _, key in scores:
             d = np.array([score(by_seed["0.0"][s], key) - score(by_seed["0.1"][s], key) for s in paired])
-            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-            each = ", ".join(f"{v:+.3f}" if fmt == "{:.3f}" else f"{v:+.2f}" for v in d)
-            mean = f"{d.mean():+.3f}" if fmt == "{:.3f}" else f"{d.mean():+.2f}"
-            cells.append(f"{mean} [{fmt.format(d.mean() - half)}, {fmt.format(d.mean() + half)}] ({each})")
+            signed = fmt.replace("{:", "{:+")
+            each = ", ".join(signed.format(v) for v in d)
+            if len(d) > 1:
+                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+                interval = f"[{fmt.format(d.mean() - half)}, {fmt.format(d.mean() + half)}]"
+            else:
+                interval = "[n/a]"  # one pair: no interval
+            cells.append(f"{signed.format(d.mean())} {interval} ({each})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
