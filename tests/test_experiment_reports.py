@@ -157,3 +157,47 @@ def test_seed_mean_margin_and_its_bootstrap_interval():
     line = " ".join(answerability.seed_mean_lines([result(0, runs[0]), result(1, runs[1])]))
     assert "seed 0 37.50, seed 1 75.00" in line and "Mean over the 2 runs, question by question: 56.25" in line
     assert "margin of +6.25 F1" in line
+
+
+def _dropout_rows() -> list[dict]:
+    def mt(seed, variant, sst, composite):
+        scores = {"eval/sst_accuracy": sst, "eval/quora_accuracy": 0.77, "eval/sts_pearson": 0.8,
+                  "eval/composite": composite}  # fmt: skip
+        return dict(task="multitask", command=f"mt {seed}", date="2026-12-07", commit="c", seed=seed, variant=variant,
+                    seconds=360, scores=scores)  # fmt: skip
+
+    def squad(seed, variant, always):
+        return dict(task="squad", command=f"squad {seed}", date="2026-12-07", commit="c", seed=seed, variant=variant,
+                    seconds=540, f1=49.21, exact=49.0, HasAns_f1=1.0, NoAns_f1=98.0,
+                    always_answer_HasAns_f1=always)  # fmt: skip
+
+    return [mt(0, "0.1", 0.37, 0.68), mt(0, "0.0", 0.38, 0.66), mt(1, "0.1", 0.36, 0.70), mt(1, "0.0", 0.39, 0.69),
+            squad(0, "0.1", 30.0), squad(0, "0.0", 20.0), squad(1, "0.1", 10.0)]  # fmt: skip
+
+
+def test_attention_dropout_report_has_every_run_the_means_and_the_paired_differences(tmp_path):
+    report = _load("attention_dropout")
+    report.write_report(_dropout_rows(), tmp_path / "ad.md")
+    text = (tmp_path / "ad.md").read_text()
+    runs = [line for line in text.splitlines() if line.startswith("| 2026-12-07 |")]
+    assert len(runs) == 7 and "| 0 | 0.0 | 6.0 | 0.380 | 0.770 | 0.800 | 0.660 |" in runs[1]
+    # Means and sample standard deviations: composite 0.1 (0.68, 0.70) -> 0.690 ± 0.014.
+    assert "| 0.1 | 0, 1 | 0.365 ± 0.007 | 0.770 ± 0.000 | 0.800 ± 0.000 | 0.690 ± 0.014 |" in text
+    # Paired 0.0 - 0.1 composite: -0.02, -0.01 -> mean -0.015, 95% t interval ± 12.706 * 0.00707 / sqrt(2).
+    assert "-0.015 [-0.079, 0.049] (-0.020, -0.010)" in text
+    # SQuAD: seed 1 has one variant only, so it enters the means but no pair.
+    assert "| 0.1 | 0, 1 | 49.21 ± 0.00 |" in text and "| 0.0 | 0 | 49.21 ± n/a |" in text
+    assert "over seeds 0 (one value" in text and "-10.00 [n/a] (-10.00)" in text
+    assert text.rstrip().endswith("(ad.png)") and (tmp_path / "ad.png").stat().st_size > 5000
+
+
+def test_attention_dropout_report_is_the_one_its_rows_write(tmp_path):
+    import json
+
+    rows_file = EXPERIMENTS.parents[1] / "docs" / "results" / "attention_dropout.jsonl"
+    if not rows_file.is_file():
+        pytest.skip("no attention_dropout.jsonl: the experiment has not run in this checkout")
+    report = _load("attention_dropout")
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    report.write_report(rows, tmp_path / "attention_dropout.md")
+    assert (tmp_path / "attention_dropout.md").read_text() == rows_file.with_suffix(".md").read_text()
