@@ -78,25 +78,27 @@ the sign leans it leans towards 0.0. With three pairs this rules out a mean loss
 (about one seed sd); smaller effects are below what these runs resolve. For scale: 500 dev rows give an
 accuracy a binomial standard error of ~0.02, which is the size of the largest per-seed swing (SST, seed 1).
 
-**SQuAD: not resolved by the reduced protocol.** After one epoch both models sit at the always-null baseline
-(F1 49.64 with attention dropout, 49.31 without, against 49.21): the model has not yet learned when to answer,
-so F1, EM, HasAns F1 and NoAns F1 cannot show an effect of either sign. What the spans are worth
-(always-answer HasAns F1) was 28.58 with attention dropout and 18.69 without, -9.9 in the one pair that ran.
-One pair carries no spread: the same split with identical settings scored 36.77 and 10.73 for seeds 0 and 1
-after 1.5 epochs (`squad_ablation.md`, baseline rows), so a 10-point gap is what a seed alone can move at this
-length. It is neither evidence of a cost nor evidence against one.
+**SQuAD: not resolved by the reduced protocol.** After one epoch every model sits at or next to the
+always-null baseline (F1 49.64 and 49.21 with attention dropout, 49.31 and 49.21 without, against 49.21): the
+model has not yet learned when to answer, so F1, EM, HasAns F1 and NoAns F1 cannot show an effect of either
+sign. What the spans are worth (always-answer HasAns F1) moved by -9.89 (seed 0: 28.58 -> 18.69) and -0.59
+(seed 1: 11.38 -> 10.78) without attention dropout: both pairs lean towards a cost, but the seed alone moved
+the same setting by 17 points (28.58 vs 11.38, sd 12.2 with dropout), and two pairs give a 95% interval far
+wider than either difference. It is neither evidence of a cost nor evidence against one.
 
 **For the TPU decision:** on the multitask benchmark, training without attention dropout (what the Pallas
-kernel does) costs nothing beyond the seed spread. For SQuAD the question stays open; the one pair points the
-way of a cost on span quality, so a paired comparison at full length (5 epochs, at least 3 seeds, ~50 minutes
-a run here, or on the accelerator with `explicit` against `pallas`) should come before TPU SQuAD numbers are
-compared with GPU or CPU ones. Until then `model.attention_implementation=explicit` keeps the dropout on TPU.
+kernel does) costs nothing beyond the seed spread. For SQuAD the question stays open and the two pairs lean
+the way of a cost on span quality, so a paired comparison at full length (5 epochs, at least 3 seeds, ~50
+minutes a run here, or on the accelerator with `explicit` against `pallas`) should come before TPU SQuAD
+numbers are compared with GPU or CPU ones. Until then `model.attention_implementation=explicit` keeps the
+dropout on TPU.
 
-**What did not run:** SQuAD seeds 1 and 2. The first SQuAD command ran both variants of a seed in one
-process; the host (23 GB, shared with other jobs) killed it for memory at 10 to 13 GB during seed 0's 0.0
-run (step ~80) and, in the next command, during seed 1's 0.1 run (step ~190): neither wrote a row. Seed 0's
-0.0 run was then made alone (`--variants 0.0`); seed 2 did not fit the time. The rows name the commits
-07bf725, 47c453c and e99b639: they differ only in this script's report code and its test, not in qajax.
+**What did not run:** SQuAD seed 2. The first SQuAD command ran both variants of a seed in one process; the
+host (23 GB, shared with other jobs) killed it for memory at 10 to 13 GB during seed 0's 0.0 run (step ~80)
+and, in the next command (`--workdir runs/ad_sq_s1 --set seed=1`), during seed 1's 0.1 run (step ~190):
+neither wrote a row. Those runs were then made one per process (`--variants`); seed 2 did not fit the time.
+The rows name the commits 07bf725, 47c453c, e99b639 and caeb904: they differ only in this script's report
+code and its test, not in qajax.
 """
 
 
