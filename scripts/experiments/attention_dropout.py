@@ -1,4 +1,4 @@
-"""Attention dropout 0.1 vs 0.0 on real data: what the Pallas TPU flash-attention kernel (no dropout inside it)
+"""Attention dropout 0.1 vs 0.0 on real data: what the Pallas TPU splash-attention kernel (no dropout inside it)
 costs against the explicit path and cuDNN (dropout on the attention probabilities).
 
     .venv/bin/python scripts/experiments/attention_dropout.py --task multitask --workdir runs/ad_mt_s0 --set seed=0
@@ -112,7 +112,7 @@ def write_report(rows: list[dict], path: Path) -> None:
         "",
         "Written by `scripts/experiments/attention_dropout.py` from the runs it made (rows:",
         "`attention_dropout.jsonl`). Why: qajax's fused attention kernels differ in attention dropout. cuDNN",
-        "applies it inside the kernel; the Pallas TPU flash-attention kernel has none, so `auto` attention on TPU",
+        "applies it inside the kernel; the Pallas TPU splash-attention kernel has none, so `auto` attention on TPU",
         "trains with attention dropout 0 (hidden dropout 0.1 still applies;",
         "`model.attention_implementation=explicit` keeps it). Here both rates run through the same code on a 2-core",
         "CPU: every run sets `model.attention_implementation=explicit` (the path `auto` already takes on CPU when",
