@@ -1,6 +1,6 @@
 """The one composition point: `prepare(config)` builds the task, applies the techniques, and builds the
-optimizer, the state, the step and the evaluator, once. `qajax train`, `eval`, `bench`, `compile` and the
-demo start here; the engine below (`qajax.train`) gets the result and knows no task and no technique.
+optimizer, the state, the step and the evaluator, once. `qajax train`, `compile`, the demo and the Python API
+start here; the engine below (`qajax.train`) gets the result and knows no task and no technique.
 
 The order in which techniques apply is stated in `qajax.techniques.apply_techniques`.
 """
@@ -64,7 +64,8 @@ class Prepared:
 
 
 def make_parallel(config, devices=None) -> Parallel:
-    """The parallel layout of `config.parallel`, checked against the batch before any data is read."""
+    """The parallel layout of `config.parallel`, checked against the batch before any data is read.
+    `train.per_device_batch_size` becomes `train.batch_size` here, so the config a run saves holds both."""
     t, p = config.train, config.parallel
     parallel = Parallel(p.mode, p.data, p.fsdp, p.fsdp_min_size, t.accumulation_steps, devices=devices)
     if t.per_device_batch_size > 0:
@@ -79,13 +80,20 @@ def make_parallel(config, devices=None) -> Parallel:
     return parallel
 
 
-def prepare(config) -> Prepared:
-    """Builds a run from its config: processes and devices, task, techniques, optimizer, state and step."""
+def start_processes(config) -> None:
+    """`jax.distributed` for a multi-host run (once per process, before any device is looked at)."""
     p = config.parallel
     init_distributed(
         p.coordinator_address or None, p.num_processes or None, p.process_id if p.process_id >= 0 else None
     )
-    parallel = make_parallel(config)
+
+
+def prepare(config, *, parallel: Parallel | None = None) -> Prepared:
+    """Builds a run from its config: processes and devices (unless `parallel` was made already), task,
+    techniques, optimizer, state and step."""
+    if parallel is None:
+        start_processes(config)
+        parallel = make_parallel(config)
     task = build_task(config)
     iterator_args = dict(
         global_batch_size=config.train.batch_size,
@@ -155,5 +163,7 @@ def train(config, workdir: str | Path, *, allow_config_change: bool = False) -> 
     from qajax.train.loop import train as train_prepared
     from qajax.train.resume import check_resume
 
+    start_processes(config)
+    parallel = make_parallel(config)  # resolves the batch as the saved config.json has it
     check_resume(config, workdir, allow_changes=allow_config_change)
-    return train_prepared(prepare(config), workdir)
+    return train_prepared(prepare(config, parallel=parallel), workdir)

@@ -87,3 +87,15 @@ def test_a_model_of_another_shape_is_one_line_even_when_allowed(run):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     message = result.stderr.strip().splitlines()[-1]
     assert "saved (32,), this run (64,)" in message, message
+
+
+def test_a_run_sized_per_device_resumes_without_a_change(tmp_path):
+    """`train.per_device_batch_size` becomes `train.batch_size` before the configs are compared, as the saved
+    config.json holds it, so resuming such a run compares equal values."""
+    workdir = tmp_path / "run"
+    first = train(workdir, "train.per_device_batch_size=8", "train.steps=20")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((workdir / "config.json").read_text())["train"]["batch_size"] == 8
+    longer = train(workdir, "train.per_device_batch_size=8", "train.steps=30")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "resuming from step 20 of 30" in longer.stderr
