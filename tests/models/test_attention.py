@@ -227,3 +227,36 @@ def test_auto_compiles_to_the_pallas_kernel_for_a_tpu(tpu_mesh, hidden_size, pac
         hlo = _compiled_grad_hlo(config, tpu_mesh, packed=packed, train=True)
     # Per layer: the forward kernel and the fused backward kernel (dq, dk and dv together).
     assert hlo.count('custom_call_target="tpu_custom_call"') >= 2 * config.num_layers
+
+
+@pytest.mark.parametrize(
+    "heads, head_dim",
+    [(4, 64), (8, 32), (2, 128), (3, 48)],  # 128 lanes hold 2, 4, 1 heads; 48 does not divide 128: one block
+)
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_window_kernel_blocks_heads_by_lanes_and_matches_explicit(heads, head_dim, packed):
+    from qajax.models import window_attention
+
+    hidden = heads * head_dim
+    assert window_attention.block_width(hidden, head_dim) == (hidden if head_dim == 48 else 128)
+    q, k, v, cotangent = jax.random.normal(jax.random.key(heads), (4, 3, 12, heads, head_dim))
+    mask = _mask(packed)
+    tokens = mask.token[:, :, None, None]
+
+    def loss(path, q, k, v):
+        out = _attention(path, q, k, v, mask)
+        return jnp.sum(jnp.where(tokens, out * cotangent, 0.0))
+
+    value, grads = jax.value_and_grad(partial(loss, "pallas"), argnums=(0, 1, 2))(q, k, v)
+    ref_value, ref_grads = jax.value_and_grad(partial(loss, "explicit"), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(value, ref_value, rtol=TOLERANCE)
+    for grad, ref in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(grad, ref, atol=TOLERANCE)
+
+
+def test_sequences_over_512_tokens_take_splash_attention(monkeypatch):
+    called = []
+    monkeypatch.setattr(attention, "splash_attention", lambda *args, **kwargs: called.append(args[0].shape))
+    q = jnp.zeros((1, 640, 2, 64))
+    attention.pallas_attention(q, q, q, make_attention_mask(jnp.ones((1, 640), jnp.int32)), interpret=True)
+    assert called == [(1, 640, 2, 64)]
