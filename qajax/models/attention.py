@@ -11,12 +11,14 @@
               of a row are a prefix: featurizers right-pad and a soft prompt is prepended as tokens. Packed
               rows (segment ids) go in as a full [batch, 1, seq, seq] mask instead (cuDNN trains with a
               mask only for even sequence lengths).
-    pallas    the Pallas TPU splash-attention kernel (`jax.experimental.pallas.ops.tpu.splash_attention`,
-              vmapped over the batch, fused backward), padding and packing as segment ids. The sequence is
-              padded to a multiple of 128; blocks are the largest of 512/384/256/128 that divide it, so a
-              384-token window is one block (chosen from compiled byte counts, not timed: no TPU here).
-              In bfloat16 it needs the default matmul precision: Mosaic refuses float32-precision
-              products of bfloat16 ("Bad lhs type" under JAX_DEFAULT_MATMUL_PRECISION=highest).
+    pallas    a Pallas TPU kernel. Windows of up to 512 tokens: `qajax.models.window_attention`, which reads
+              and writes the projections' [batch, seq, hidden] layout in 128-lane blocks of whole heads and
+              keeps each softmax row on chip (no transposes, no lane padding, no saved logsumexp). Longer
+              sequences: the splash-attention kernel (`jax.experimental.pallas.ops.tpu.splash_attention`,
+              vmapped over the batch, fused backward), its sequence padded to a multiple of 128. Both take
+              padding and packing as segment ids. In bfloat16 they need the default matmul precision:
+              Mosaic refuses float32-precision products of bfloat16 ("Bad lhs type" under
+              JAX_DEFAULT_MATMUL_PRECISION=highest).
     auto      the fused kernel of the platform compiled for: cpu -> xla (the fastest CPU path: the
               behaviour before this module existed), gpu -> cudnn (xla when computing in float32, which
               cuDNN does not take), tpu -> pallas.

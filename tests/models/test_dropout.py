@@ -91,3 +91,15 @@ def test_per_element_masks_are_elementwise_in_the_keys_bits():
     kept = np.asarray(dropout(x, 0.1, key, per_element=True)) != 0
     bits = np.asarray(jax.random.bits(key, x.shape, jnp.uint32))
     np.testing.assert_array_equal(kept, bits >= (drop_threshold(0.1) << 16))
+
+
+@pytest.mark.parametrize("per_element", [False, True])
+def test_the_gradient_uses_the_forward_mask(per_element):
+    """The per-element form draws its mask again in the backward pass (a custom VJP): same mask, same scale."""
+    x = jnp.linspace(1.0, 2.0, 4096).reshape(64, 64)
+    key = jax.random.key(7)
+    out, vjp = jax.vjp(lambda x: dropout(x, 0.25, key, per_element=per_element), x)
+    (grad,) = jax.jit(vjp)(jnp.ones_like(x))
+    scale = 1.0 / expected_keep(0.25)
+    np.testing.assert_allclose(grad, jnp.where(out != 0, scale, 0.0), rtol=1e-6)
+    assert 0.2 < float(jnp.mean(out == 0)) < 0.3
