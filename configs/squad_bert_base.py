@@ -37,6 +37,7 @@ def get_config():
     m.intermediate_size = 3072
     m.dtype = "bfloat16"  # compute; parameters and optimizer state stay float32
     m.remat = False
+    m.recompute_activation = False  # True: the feed-forward activation recomputed in the backward pass (GPU memory)
     m.scan_layers = False
     m.attention_implementation = "auto"  # the fused kernel of the platform compiled for (cudnn, pallas)
     m.attention_platform = ""  # "" = this machine's; qajax compile sets the target's

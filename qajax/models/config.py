@@ -49,6 +49,7 @@ class EncoderConfig:
     dtype: str = "float32"  # compute dtype; parameters stay param_dtype
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass (memory for FLOPs)
+    recompute_activation: bool = False  # recompute the feed-forward activation in the backward pass (BertLayer)
     scan_layers: bool = False  # lax.scan over layers: compile once per layer, not per depth
     attention_implementation: str = "auto"  # auto | xla | cudnn | pallas | explicit (qajax.models.attention)
     attention_platform: str = ""  # what `auto` compiles for: "" = jax.default_backend(); "tpu"/"gpu" ahead of time

@@ -70,7 +70,16 @@ def _loss_and_grads(model, params, ids, mask, types, rng=None):
 
 
 @pytest.mark.parametrize("case", ["bert-2l", "albert-1group"])
-@pytest.mark.parametrize("options", [dict(remat=True), dict(scan_layers=True), dict(scan_layers=True, remat=True)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(remat=True),
+        dict(scan_layers=True),
+        dict(scan_layers=True, remat=True),
+        dict(recompute_activation=True),
+        dict(recompute_activation=True, scan_layers=True),
+    ],
+)
 def test_remat_and_scan_give_the_plain_encoders_values_and_gradients(case, options):
     _, hf_model, config = _reference(case)
     ids, mask, types = batch(config.vocab_size, config.type_vocab_size)
