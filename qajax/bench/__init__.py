@@ -3,7 +3,7 @@
 Every entry trains the same shape on the same batch in the same process; a speed claim is the ratio of
 step times measured here, never an absolute number from another run.
 
-    shape.py    the model and batch every entry runs
+    shape.py    the model and batch every entry runs (and the qajax entries' attention implementation)
     entries.py  each entry's (step, state, batch): qajax, qajax-eval, techniques, hf-flax, hf-pytorch
     device.py   peak FLOP/s (MFU's denominator) and memory of the device
     timing.py   `run`: compile, warm up, time in rounds, and the report dict
@@ -17,6 +17,7 @@ from qajax.bench.entries import (
     hf_flax_step,
     hf_pytorch_step,
     multitask_task,
+    planned_attention,
     qajax_eval,
     qajax_step,
     span_qa_task,
@@ -28,6 +29,6 @@ from qajax.bench.timing import Measured, Timed, run, time_entries
 __all__ = [
     "PEAK_FLOPS", "PLAIN_STEP_ENTRIES", "TARGETS", "TARGET_DEPTH", "TECHNIQUE_ENTRIES", "Measured", "Shape", "Timed",
     "device_peak_flops", "hf_flax_step", "hf_pytorch_step", "markdown", "measure_peak_flops", "multitask_task",
-    "peak_memory_bytes", "plot", "qajax_eval", "qajax_step", "run", "span_qa_task",
+    "peak_memory_bytes", "planned_attention", "plot", "qajax_eval", "qajax_step", "run", "span_qa_task",
     "step_memory_bytes", "synthetic_batch", "target_cell", "time_entries",
 ]  # fmt: skip

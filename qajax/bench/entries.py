@@ -1,4 +1,4 @@
-"""Each `qajax bench` entry as (step, state, batch), built on one `Shape`.
+"""Each `qajax bench` entry as (step, state, batch), built on one `Shape`, and the attention path it takes.
 
 qajax       our jitted step (the engine's `make_train_step`, AdamW, dropout on)
 qajax-eval  the forward pass alone, as evaluation runs it
@@ -21,6 +21,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from qajax.bench.shape import Shape, synthetic_batch
+from qajax.errors import ConfigError
+from qajax.models import attention
 from qajax.models.heads import build_model, init_params
 from qajax.tasks.span import span_loss
 from qajax.train.parallel import PMAP_AXIS, Parallel
@@ -179,6 +181,10 @@ def hf_pytorch_step(shape: Shape):
 
 PLAIN_STEP_ENTRIES = ("qajax", "qajax-eval", "hf-flax", "hf-pytorch")  # same model work: MFU applies
 
+# The references run transformers' own attention: FlaxBert's einsum and softmax, and BertForQuestionAnswering's
+# default, torch's scaled_dot_product_attention (transformers 4.57 takes sdpa wherever torch has it).
+REFERENCE_ATTENTION = {"hf-flax": "hf einsum", "hf-pytorch": "hf sdpa"}
+
 
 def entry_builders(shape: Shape, mode: str) -> dict[str, Callable]:
     """Entry name -> a function building its (step, state, batch)."""
@@ -190,3 +196,39 @@ def entry_builders(shape: Shape, mode: str) -> dict[str, Callable]:
         "hf-flax": lambda: hf_flax_step(shape),
         "hf-pytorch": lambda: hf_pytorch_step(shape),
     }
+
+
+def planned_attention(name: str, shape: Shape) -> str:
+    """The attention path of an entry as the model plans it (`qajax.models.attention.plan`): the train steps
+    with their attention dropout (on the CPU, `auto` = xla falls back to explicit for it), the forward alone
+    without; the references' own attention."""
+    if name in REFERENCE_ATTENTION:
+        return REFERENCE_ATTENTION[name]
+    encoder = shape.encoder()
+    training = not name.endswith("-eval")
+    path, _ = attention.plan(
+        encoder.attention_implementation,
+        encoder.attention_platform,
+        encoder.compute_dtype,
+        dropout_rate=encoder.attention_dropout if training else 0.0,
+        output_probs=False,
+        scanned=encoder.scan_layers,
+    )
+    return path
+
+
+# The fused kernels, the backends that run them and who they are (pallas is the TPU splash kernel).
+KERNEL_HOSTS = {
+    "cudnn": (("gpu", "cuda"), "an NVIDIA GPU"),
+    "pallas": (("tpu", "cpu"), "a TPU (or the CPU, in Pallas' interpreter: slow)"),
+}
+
+
+def check_attention_platform(shape: Shape) -> None:
+    """A fused kernel asked for on a host that cannot run it fails here, in one line, before any compile."""
+    backends, host = KERNEL_HOSTS.get(shape.attention_implementation or "auto", ((), ""))
+    if backends and jax.default_backend() not in backends:
+        raise ConfigError(
+            f"--attention-implementation {shape.attention_implementation} runs on {host}; "
+            f"this host's backend is {jax.default_backend()}"
+        )

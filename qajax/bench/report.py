@@ -24,6 +24,8 @@ TARGETS = {
 
 TARGET_DEPTH = {"freeze-top2": 12}  # targets stated for one depth only: not judged at another
 
+FUSED_KERNELS = ("cudnn", "pallas")  # the attention kernels a compiled program shows as custom calls
+
 
 def target_cell(name: str, ratio: float, num_layers: int | None = None) -> str:
     """'<= 1.40: met' / '>= 1.25: not met' / '' for an entry without a target (or 'n/a' at another depth)."""
@@ -37,16 +39,28 @@ def target_cell(name: str, ratio: float, num_layers: int | None = None) -> str:
     return f"{op} {bound:.2f}: {'met' if met else 'not met'}"
 
 
+def attention_cell(row: dict) -> str:
+    """The attention an entry ran with, and the compiled program's kernel where the two disagree (HLO cannot
+    tell xla from explicit: both are XLA's own fusions; Pallas interpreted on a CPU is no custom call)."""
+    planned, kernel = row.get("attention", ""), row.get("attention_kernel")
+    if kernel is not None and kernel != planned and (kernel in FUSED_KERNELS or planned in FUSED_KERNELS):
+        return f"{planned} (HLO: {kernel})"
+    return planned
+
+
 def markdown(report: dict) -> str:
     config = report["config"]
-    shape = {f.name: config[f.name] for f in dataclasses.fields(Shape)}
+    shape = {f.name: config.get(f.name) for f in dataclasses.fields(Shape) if f.name != "attention_implementation"}
+    asked = config.get("attention_implementation") or "the model's default (auto)"
     lines = [
         f"device: {report['device']}",
         f"shape: {json.dumps(shape)}; peak {config['peak_flops'] / 1e9:.0f} GFLOP/s "
         f"({config['peak_flops_source']}); host allocator: {config.get('host_allocator', '?')}",
+        f"qajax attention asked: {asked}",
         "",
-        "| name | examples/s | tokens/s | step ms | ratio | target (ratio) | MFU | compile s | MB per device |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| name | examples/s | tokens/s | step ms | ratio | target (ratio) | MFU | attention | compile s "
+        "| MB per device |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
@@ -54,7 +68,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['name']} | {r['examples_per_sec']:.1f} | {r['tokens_per_sec']:.0f} | {r['step_ms']:.1f} | "
             f"{r['ratio']:.2f} | {target_cell(r['name'], r['ratio'], shape['num_layers'])} | {mfu} | "
-            f"{r['compile_seconds']:.1f} | {memory} |"
+            f"{attention_cell(r)} | {r['compile_seconds']:.1f} | {memory} |"
         )
     return "\n".join(lines)
 

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from qajax.errors import ConfigError
+from qajax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from qajax.models.config import EncoderConfig
 from qajax.models.flops import train_flops
 
@@ -20,8 +22,20 @@ class Shape:
     seq_len: int = 128
     batch_size: int = 16
     dtype: str = "float32"
+    # The qajax entries' `model.attention_implementation`; None leaves EncoderConfig's default (auto), so that
+    # a bench without the option compiles exactly the step it compiled before the option existed.
+    attention_implementation: str | None = None
+
+    def __post_init__(self):
+        if self.attention_implementation not in (None, *ATTENTION_IMPLEMENTATIONS):
+            raise ConfigError(
+                f"--attention-implementation {self.attention_implementation!r}: "
+                f"expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+            )
 
     def encoder(self, **options) -> EncoderConfig:
+        if self.attention_implementation is not None:
+            options.setdefault("attention_implementation", self.attention_implementation)
         return EncoderConfig(
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,

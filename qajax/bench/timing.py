@@ -14,8 +14,9 @@ import jax
 
 from qajax import host_memory
 from qajax.bench.device import describe_device, device_peak_flops, peak_memory_bytes, step_memory_bytes
-from qajax.bench.entries import PLAIN_STEP_ENTRIES, entry_builders
+from qajax.bench.entries import PLAIN_STEP_ENTRIES, check_attention_platform, entry_builders, planned_attention
 from qajax.bench.shape import Shape
+from qajax.compile.hlo import attention_kernel
 from qajax.errors import ConfigError
 
 
@@ -24,12 +25,13 @@ class Timed:
 
     def __init__(self, step: Callable, state, batch, *, warmup: int, sync: Callable):
         self.state, self.batch, self.sync = state, batch, sync
-        self.memory_bytes = None
+        self.memory_bytes = self.attention_kernel = None
         start = time.perf_counter()
         jitted = hasattr(step, "lower")
-        if jitted:  # compile ahead of time, and read the step's memory from XLA
+        if jitted:  # compile ahead of time, and read the step's memory and attention kernel from XLA
             step = step.lower(state, batch).compile()
             self.memory_bytes = step_memory_bytes(step.memory_analysis())
+            self.attention_kernel = attention_kernel(step.as_text() or "")
         self.step = step
         if not jitted:  # eager (PyTorch) or a wrapper: the first call stands for the compile
             self._run(1)
@@ -49,7 +51,7 @@ class Timed:
         return (time.perf_counter() - start) / steps
 
     def measured(self, seconds: float) -> Measured:
-        return Measured(seconds, self.compile_seconds, self.memory_bytes)
+        return Measured(seconds, self.compile_seconds, self.memory_bytes, self.attention_kernel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Measured:
     seconds: float  # per step
     compile_seconds: float
     memory_bytes: int | None  # XLA's, per device; None for eager steps
+    attention_kernel: str | None  # read from the compiled HLO (`qajax.compile.hlo`); None for eager steps
 
 
 def time_entries(builders: dict[str, Callable], *, steps: int, warmup: int, rounds: int) -> dict[str, Measured]:
@@ -94,7 +97,7 @@ def run(
     rounds: int = 1,
 ) -> dict:
     """Times each entry's step (see `time_entries` for `rounds`) and reports throughput, compile time, memory,
-    MFU, and step times as ratios to the plain qajax step."""
+    MFU, the attention each ran with, and step times as ratios to the plain qajax step."""
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds}: expected at least 1")
     builders = entry_builders(shape, mode)
@@ -102,6 +105,7 @@ def run(
     if unknown or not names:
         known = ", ".join(sorted(builders))
         raise ConfigError(f"--entries: unknown entries {unknown or names}; expected some of {known}")
+    check_attention_platform(shape)
     flops = shape.train_flops()
     peak, peak_source = device_peak_flops(peak_flops)
     measured = time_entries({name: builders[name] for name in names}, steps=steps, warmup=warmup, rounds=rounds)
@@ -133,6 +137,8 @@ def result_rows(shape: Shape, measured: dict[str, Measured], flops: float, peak:
                 "compile_seconds": m.compile_seconds,
                 "step_memory_bytes": m.memory_bytes,
                 "mfu": mfu,
+                "attention": planned_attention(name, shape),
+                "attention_kernel": m.attention_kernel,
             }
         )
     base = next((r["step_ms"] for r in rows if r["name"] == "qajax"), rows[0]["step_ms"])

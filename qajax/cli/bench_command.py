@@ -6,20 +6,27 @@ from __future__ import annotations
 import json
 import sys
 
+from qajax.errors import QajaxError
+
 # qajax.bench.TECHNIQUE_ENTRIES and the multitask step
 TECHNIQUE_NAMES = ("sda", "sdv-k3", "sdv-k5", "smart-t1", "lora-r8", "prompt", "freeze-top2", "multitask-pcgrad")
 PRESETS = {
     "minilm": dict(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536, seq_len=128, batch_size=16),
     "bert-base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072, seq_len=384, batch_size=32),
 }
+# qajax.models.attention.IMPLEMENTATIONS (a test keeps them equal), written out so that --help and a bad value
+# answer without loading JAX.
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas", "explicit")
 
 
 def _bench(args) -> int:
     if args.workload:
+        if args.attention_implementation is not None:
+            raise QajaxError("--attention-implementation goes with the step bench, not with --workload")
         return _bench_workload(args)
     from qajax import bench
 
-    values = dict(PRESETS[args.preset], dtype=args.dtype)
+    values = dict(PRESETS[args.preset], dtype=args.dtype, attention_implementation=args.attention_implementation)
     for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "seq_len", "batch_size"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
@@ -62,6 +69,13 @@ def add_commands(command) -> None:
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=int, default=None, help="(None: the preset's)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype")
     p.add_argument("--mode", default="mesh", choices=("mesh", "pmap"), help="parallel mode of the qajax steps")
+    p.add_argument(
+        "--attention-implementation",
+        default=None,
+        choices=ATTENTION_IMPLEMENTATIONS,
+        help="model.attention_implementation of the qajax entries (None: the model's default, auto: xla on a CPU, "
+        "cudnn on a GPU in bf16/fp16, pallas on a TPU); the report names the attention each entry ran with",
+    )
     p.add_argument(
         "--entries",
         default=None,
