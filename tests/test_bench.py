@@ -153,3 +153,17 @@ def test_the_cli_offers_the_models_attention_implementations():
 )
 def test_the_table_shows_the_kernel_where_the_hlo_disagrees(planned, kernel, cell):
     assert bench.report.attention_cell({"attention": planned, "attention_kernel": kernel}) == cell
+
+
+@pytest.mark.parametrize(
+    "planned, kernel, ran",
+    [
+        ("xla", "pallas", "pallas"),  # auto planned outside the trace, pallas under the step's TPU mesh
+        ("pallas", "xla", "pallas"),  # interpreted on a CPU: no kernel call to read
+        ("explicit", "xla", "explicit"),
+        ("cudnn", "cudnn", "cudnn"),
+        ("hf sdpa", None, "hf sdpa"),
+    ],
+)
+def test_what_ran_is_the_compiled_kernel_where_one_shows(planned, kernel, ran):
+    assert bench.entries.ran_attention(planned, kernel) == ran

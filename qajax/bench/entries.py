@@ -222,6 +222,14 @@ KERNEL_HOSTS = {
     "cudnn": (("gpu", "cuda"), "an NVIDIA GPU"),
     "pallas": (("tpu", "cpu"), "a TPU (or the CPU, in Pallas' interpreter: slow)"),
 }
+FUSED_KERNELS = tuple(KERNEL_HOSTS)  # what a compiled program shows as a custom call (`qajax.compile.hlo`)
+
+
+def ran_attention(planned: str, kernel: str | None) -> str:
+    """The fused kernel the compiled program calls, where it calls one (the plan is made outside the step's
+    trace: under a TPU mesh `auto` takes pallas where it planned xla); else the plan, since xla and explicit
+    both compile to XLA's own fusions and Pallas interpreted on a CPU calls no kernel."""
+    return kernel if kernel in FUSED_KERNELS else planned
 
 
 def check_attention_platform(shape: Shape) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from qajax.bench.entries import FUSED_KERNELS
 from qajax.bench.shape import Shape
 
 # The targets the project set itself, on step-time ratios to the plain qajax step: a reference must be this
@@ -24,8 +25,6 @@ TARGETS = {
 
 TARGET_DEPTH = {"freeze-top2": 12}  # targets stated for one depth only: not judged at another
 
-FUSED_KERNELS = ("cudnn", "pallas")  # the attention kernels a compiled program shows as custom calls
-
 
 def target_cell(name: str, ratio: float, num_layers: int | None = None) -> str:
     """'<= 1.40: met' / '>= 1.25: not met' / '' for an entry without a target (or 'n/a' at another depth)."""
@@ -42,10 +41,10 @@ def target_cell(name: str, ratio: float, num_layers: int | None = None) -> str:
 def attention_cell(row: dict) -> str:
     """The attention an entry ran with, and the compiled program's kernel where the two disagree (HLO cannot
     tell xla from explicit: both are XLA's own fusions; Pallas interpreted on a CPU is no custom call)."""
-    planned, kernel = row.get("attention", ""), row.get("attention_kernel")
-    if kernel is not None and kernel != planned and (kernel in FUSED_KERNELS or planned in FUSED_KERNELS):
-        return f"{planned} (HLO: {kernel})"
-    return planned
+    ran, kernel = row.get("attention", ""), row.get("attention_kernel")
+    if kernel is not None and kernel != ran and (kernel in FUSED_KERNELS or ran in FUSED_KERNELS):
+        return f"{ran} (HLO: {kernel})"
+    return ran
 
 
 def markdown(report: dict) -> str:

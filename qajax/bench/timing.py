@@ -14,7 +14,13 @@ import jax
 
 from qajax import host_memory
 from qajax.bench.device import describe_device, device_peak_flops, peak_memory_bytes, step_memory_bytes
-from qajax.bench.entries import PLAIN_STEP_ENTRIES, check_attention_platform, entry_builders, planned_attention
+from qajax.bench.entries import (
+    PLAIN_STEP_ENTRIES,
+    check_attention_platform,
+    entry_builders,
+    planned_attention,
+    ran_attention,
+)
 from qajax.bench.shape import Shape
 from qajax.compile.hlo import attention_kernel
 from qajax.errors import ConfigError
@@ -137,7 +143,7 @@ def result_rows(shape: Shape, measured: dict[str, Measured], flops: float, peak:
                 "compile_seconds": m.compile_seconds,
                 "step_memory_bytes": m.memory_bytes,
                 "mfu": mfu,
-                "attention": planned_attention(name, shape),
+                "attention": ran_attention(planned_attention(name, shape), m.attention_kernel),
                 "attention_kernel": m.attention_kernel,
             }
         )
