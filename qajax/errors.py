@@ -1,4 +1,4 @@
-"""The error types a user sees. Library code raises them; only `cli.py` prints them and exits."""
+"""The error types a user sees. Library code raises them; only `qajax.cli` prints them and exits."""
 
 from __future__ import annotations
 

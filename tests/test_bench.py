@@ -3,11 +3,14 @@
 import json
 
 import jax
+import numpy as np
 import pytest
 
 from qajax import bench
+from qajax.cli import bench_command
 from qajax.cli import main as cli_main
 from qajax.errors import ConfigError
+from qajax.models import attention
 
 TINY = dict(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=64, seq_len=16, batch_size=4)
 
@@ -23,6 +26,11 @@ def test_report_schema_ratios_and_flops(tmp_path):
         assert r["examples_per_sec"] == pytest.approx(4 / (r["step_ms"] / 1e3))
         assert r["ratio"] == pytest.approx(r["step_ms"] / by_name["qajax"]["step_ms"])
         assert r["compile_seconds"] > 0
+        assert r["attention_kernel"] == "xla"  # read from each compiled program: no fused kernel on a CPU
+    # Without --attention-implementation the model's default: auto is xla on a CPU, which has no attention
+    # dropout, so the train step takes the explicit path and the forward alone (no dropout) XLA's.
+    assert report["config"]["attention_implementation"] is None
+    assert [r["attention"] for r in report["results"]] == ["explicit", "xla", "hf einsum"]
     # FLOPs by hand: per token and layer 2*(4*32*32 + 2*32*64) + 4*16*32, plus the head 2*32*2; x3 for training.
     per_token = 2 * (4 * 32 * 32 + 2 * 32 * 64) + 4 * 16 * 32 + 2 * 32 * 2
     assert report["config"]["train_flops_per_step"] == 3 * 4 * 16 * per_token
@@ -40,6 +48,7 @@ def test_report_schema_ratios_and_flops(tmp_path):
     bench.plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 5000
     assert "| qajax |" in bench.markdown(report)
+    assert "| explicit |" in bench.markdown(report) and "attention asked: the model's default" in bench.markdown(report)
 
 
 def test_cli_json_output(capsys):
@@ -89,3 +98,72 @@ def test_a_target_stated_for_one_depth_is_not_judged_at_another():
     assert bench.target_cell("freeze-top2", 0.55, num_layers=12) == "<= 0.50: not met"
     assert bench.target_cell("freeze-top2", 0.45, num_layers=6) == "<= 0.50 at 12 layers: n/a at 6"
     assert bench.target_cell("sda", 1.2, num_layers=6) == "<= 1.40: met"
+
+
+def test_explicit_attention_trains_as_the_default_on_cpu():
+    """On a CPU the default's train step falls back from xla to explicit (for attention dropout): the same loss to
+    the bit. The forward alone takes xla by default, explicit when asked: the same logits up to rounding."""
+    losses, logits = {}, {}
+    for implementation in (None, "explicit"):
+        shape = bench.Shape(vocab_size=128, attention_implementation=implementation, **TINY)
+        step, state, batch = bench.qajax_step(shape)
+        losses[implementation] = float(step(state, batch)[1]["train/loss"])
+        predict, params, batch = bench.qajax_eval(shape)
+        logits[implementation] = np.asarray(predict(params, batch)[1]["train/loss"])
+    assert losses[None] == losses["explicit"]
+    np.testing.assert_allclose(logits[None], logits["explicit"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_option_sets_the_attention_of_the_qajax_entries(capsys):
+    args = ["bench", "--entries", "qajax,qajax-eval", "--steps", "1", "--warmup", "0", "--json", "--peak-flops", "1e12"]
+    args += ["--attention-implementation", "explicit"]
+    for key, value in TINY.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    assert cli_main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["attention_implementation"] == "explicit"
+    assert [(r["attention"], r["attention_kernel"]) for r in report["results"]] == [("explicit", "xla")] * 2
+
+
+def test_a_kernel_this_host_cannot_run_is_one_line(capsys):
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU's answer")
+    assert cli_main(["bench", "--entries", "qajax", "--attention-implementation", "cudnn", "--peak-flops", "1e12"]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    expected = "qajax bench: error: --attention-implementation cudnn runs on an NVIDIA GPU; this host's backend is cpu"
+    assert error.strip().splitlines()[-1] == expected
+    with pytest.raises(ConfigError, match="--attention-implementation 'flash': expected one of auto, xla"):
+        bench.Shape(attention_implementation="flash")
+
+
+def test_the_cli_offers_the_models_attention_implementations():
+    assert bench_command.ATTENTION_IMPLEMENTATIONS == attention.IMPLEMENTATIONS
+
+
+@pytest.mark.parametrize(
+    "planned, kernel, cell",
+    [
+        ("explicit", "xla", "explicit"),  # XLA's own fusions either way: HLO cannot tell them apart
+        ("cudnn", "cudnn", "cudnn"),
+        ("pallas", "xla", "pallas (HLO: xla)"),  # Pallas interpreted on a CPU: no kernel call
+        ("xla", "cudnn", "xla (HLO: cudnn)"),
+        ("hf sdpa", None, "hf sdpa"),  # eager PyTorch: no compiled program
+    ],
+)
+def test_the_table_shows_the_kernel_where_the_hlo_disagrees(planned, kernel, cell):
+    assert bench.report.attention_cell({"attention": planned, "attention_kernel": kernel}) == cell
+
+
+@pytest.mark.parametrize(
+    "planned, kernel, ran",
+    [
+        ("xla", "pallas", "pallas"),  # auto planned outside the trace, pallas under the step's TPU mesh
+        ("pallas", "xla", "pallas"),  # interpreted on a CPU: no kernel call to read
+        ("explicit", "xla", "explicit"),
+        ("cudnn", "cudnn", "cudnn"),
+        ("hf sdpa", None, "hf sdpa"),
+    ],
+)
+def test_what_ran_is_the_compiled_kernel_where_one_shows(planned, kernel, ran):
+    assert bench.entries.ran_attention(planned, kernel) == ran

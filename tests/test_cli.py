@@ -82,6 +82,10 @@ def test_plot_of_a_missing_or_empty_log_and_unknown_bench_entries(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     assert_one_line_error(qajax("plot", str(tmp_path)), "plot", "is empty")
     assert_one_line_error(qajax("bench", "--entries", "qajax,nope"), "bench", "['nope']", "hf-flax")
+    bad = qajax("bench", "--attention-implementation", "flash")
+    assert_one_line_error(bad, "bench", "--attention-implementation", "'flash'", "explicit")
+    workload = qajax("bench", "--workload", "squad", "--attention-implementation", "xla")
+    assert_one_line_error(workload, "bench", "--attention-implementation goes with the step bench")
 
 
 def test_error_messages_cite_no_commits():
