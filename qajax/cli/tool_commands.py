@@ -25,7 +25,8 @@ def _compile(args) -> int:
         over = result["per_device_memory_bytes"]["total"] - result["hbm_bytes_per_device"]
         print(
             f"qajax compile: error: {args.config} does not fit {target.name}: {over / 2**30:.2f} GiB per device over "
-            f"its {result['hbm_bytes_per_device'] / 2**30:.1f} GiB (try --max-batch, parallel.fsdp, model.remat)",
+            f"its {result['hbm_bytes_per_device'] / 2**30:.1f} GiB (try --max-batch, parallel.fsdp, "
+            "model.recompute_activation, model.remat)",
             file=sys.stderr,
         )
         return 3
