@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from qajax import bench_workload
+from qajax.bench import workload as bench_workload
 from qajax.cli import main as cli_main
+from qajax.errors import ConfigError
 from qajax.pretrained import MINILM_INSTALL, minilm_dir
 from qajax.tasks.squad import data
 from qajax.tasks.squad.generate import generate_examples
@@ -81,5 +82,5 @@ def test_absent_data_is_a_clear_skip(capsys, tmp_path):
 
 
 def test_unknown_entry_is_refused(tiny_workload):
-    with pytest.raises(bench_workload.ConfigError, match="unknown workload entries"):
+    with pytest.raises(ConfigError, match="unknown workload entries"):
         bench_workload.run(tiny_workload, ("qajax", "nope"))

@@ -8,6 +8,12 @@ step times measured here, never an absolute number from another run.
     device.py   peak FLOP/s (MFU's denominator) and memory of the device
     timing.py   `run`: compile, warm up, time in rounds, and the report dict
     report.py   the project's targets on the ratios, the markdown table, the chart
+
+`qajax bench --workload squad` (an epoch's whole path, not one step) stands apart; import it by module:
+
+    workload.py         the entries, the qajax entry's run, the projected epoch and its report
+    hf_workload.py      the transformers references (hf-flax, hf-pytorch) end to end
+    workload_timing.py  what the entries share: the workload's settings and how a run is measured
 """
 
 from qajax.bench.device import PEAK_FLOPS, device_peak_flops, measure_peak_flops, peak_memory_bytes, step_memory_bytes

@@ -1,5 +1,5 @@
 """`qajax bench`: the step benchmark (`qajax.bench`), or with --workload an epoch's whole path
-(`qajax.bench_workload`)."""
+(`qajax.bench.workload`)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _bench(args) -> int:
 
 
 def _bench_workload(args) -> int:
-    from qajax import bench_workload
+    from qajax.bench import workload as bench_workload
 
     sizes = {"batch_size": args.batch_size} if args.batch_size else {}  # windows per step (packed: half in rows)
     workload = bench_workload.Workload(data=args.data, epochs_fraction=args.epochs_fraction, **sizes)

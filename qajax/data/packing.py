@@ -134,3 +134,16 @@ def unpack(values: np.ndarray, packed: Mapping[str, np.ndarray], num_windows: in
     out = np.full((num_windows, width), fill, np.asarray(values).dtype)
     out[window, within] = np.asarray(values)[row, position]
     return out
+
+
+def count_fed(batch: Mapping, batch_size: int, tokens_per_example: int) -> tuple:
+    """(windows, tokens) of one step of `batch_size` packed rows (the Task's `count_fed`): the real slots of
+    `window_weight`, not the rows, so that examples/s counts SQuAD windows as an unpacked run does; tokens
+    are the rows' (every row is fed at full width). The windows stay a device scalar: summing is dispatched,
+    not waited for, and the loop reads it at log steps, where it syncs anyway."""
+    weight = batch["window_weight"]
+    # The placed batch's leading axes differ by parallel mode (pmap: [devices, rows, K] of this process's
+    # rows only): its real slots are scaled to the step's `batch_size` rows (exact unless pmap spans hosts).
+    rows = weight.size // weight.shape[-1]
+    windows = weight.sum() if rows == batch_size else weight.sum() * (batch_size / rows)
+    return windows, batch_size * batch["input_ids"].shape[-1]

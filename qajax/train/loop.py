@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -179,16 +180,20 @@ def run_steps(parts: RunParts, state, step: int, batches, summary: dict) -> int:
 
 
 class Throughput:
-    """Examples and tokens fed since the last log line, as rates."""
+    """Examples and tokens fed since the last log line, as rates. A task's count of examples may be a device
+    scalar (packed rows count their windows on the device): they are fetched together at `rates`."""
 
-    def __init__(self):
-        self.since, self.examples, self.tokens = time.perf_counter(), 0, 0
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.since, self.examples, self.tokens = clock(), [], 0
 
-    def add(self, examples: int, tokens: int) -> None:
-        self.examples, self.tokens = self.examples + examples, self.tokens + tokens
+    def add(self, examples, tokens: int) -> None:
+        self.examples.append(examples)
+        self.tokens += tokens
 
     def rates(self) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.since
-        rates = {"examples_per_sec": self.examples / elapsed, "tokens_per_sec": self.tokens / elapsed}
-        self.since, self.examples, self.tokens = time.perf_counter(), 0, 0
+        elapsed = self.clock() - self.since
+        examples = float(sum(jax.device_get(self.examples)))
+        rates = {"examples_per_sec": examples / elapsed, "tokens_per_sec": self.tokens / elapsed}
+        self.since, self.examples, self.tokens = self.clock(), [], 0
         return rates

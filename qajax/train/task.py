@@ -42,8 +42,9 @@ class Task:
     tokens_per_example: int  # padded sequence length, for tokens/sec
     # Batch keys only the loss reads (labels): eval data that carries them also reports eval/loss.
     label_keys: tuple[str, ...] = ()
-    # (batch, batch_size, tokens_per_example) -> (examples, tokens) fed to one step, for examples/s.
-    count_fed: Callable[[dict, int, int], tuple[int, int]] = count_input_ids
+    # (batch, batch_size, tokens_per_example) -> (examples, tokens) fed to one step, for examples/s; the
+    # examples may be a device scalar, read at log steps (packed rows count their windows: data.packing).
+    count_fed: Callable[[dict, int, int], tuple] = count_input_ids
     make_predict: Callable | None = None  # forward -> predict_fn: rebuilt when techniques wrap the forward
     # A task with its own batch order (multitask schedules): make_train_batches(**iterator_args) -> an
     # iterator with `steps_per_epoch` that resumes from `position=` as BatchIterator does. None: BatchIterator

@@ -1,10 +1,10 @@
 """qajax/data/packing.py: every window in exactly one row, rows within their width and slot count, nearly
-as few rows as the token count allows, and unpack(pack(x)) == x on the real tokens."""
+as few rows as the token count allows, unpack(pack(x)) == x on the real tokens, and a step counts its windows."""
 
 import numpy as np
 import pytest
 
-from qajax.data.packing import pack, pack_windows, unpack, window_lengths
+from qajax.data.packing import count_fed, pack, pack_windows, unpack, window_lengths
 
 WIDTH = 64
 
@@ -62,3 +62,13 @@ def test_bad_lengths_are_refused():
         pack_windows(np.array([3, WIDTH + 1]), WIDTH, 2)
     with pytest.raises(ValueError, match="max_per_row=0"):
         pack_windows(np.array([3]), WIDTH, 0)
+
+
+def test_a_step_of_packed_rows_counts_its_windows_not_its_rows():
+    weight = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], np.float32)  # 4 rows, 10 windows
+    batch = {"window_weight": weight, "input_ids": np.zeros((4, WIDTH), np.int32)}
+    assert count_fed(batch, 4, tokens_per_example=WIDTH) == (10, 4 * WIDTH)
+    per_device = {k: v.reshape(2, 2, -1) for k, v in batch.items()}  # pmap's placement: [devices, rows, ...]
+    assert count_fed(per_device, 4, tokens_per_example=WIDTH) == (10, 4 * WIDTH)
+    # pmap over two hosts: this process places half the step's rows, the other half counts alike
+    assert count_fed(per_device, 8, tokens_per_example=WIDTH) == (20, 8 * WIDTH)

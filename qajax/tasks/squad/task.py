@@ -21,7 +21,7 @@ from qajax.tasks.squad.features import DOC_STRIDE, MAX_QUERY_LENGTH, MAX_SEQ_LEN
 from qajax.tasks.squad.generate import generate_examples
 from qajax.tasks.squad.postprocess import MAX_ANSWER_LENGTH, N_BEST
 from qajax.tasks.squad.scoring import score_predictions
-from qajax.train.task import Task
+from qajax.train.task import Task, count_input_ids
 
 log = logging.getLogger(__name__)
 GENERATED = "generated"  # task.train_file / eval_file: the run-time generated data set of the demo
@@ -250,6 +250,7 @@ def build(config) -> Task:
         evaluate=evaluate,
         tokens_per_example=t.max_seq_length,
         applies_techniques=APPLIES_TECHNIQUES,
+        count_fed=packing.count_fed if packed else count_input_ids,  # examples/s counts windows, not rows
     )
 
 

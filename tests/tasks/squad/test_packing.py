@@ -1,6 +1,6 @@
 """Packed SQuAD windows (train.packing) against the same windows unpacked, on real tokenized windows: the
 span loss and its gradients (fp32, dropout off), the n-best predictions, and a packed run through the
-engine: one compile, and an exact resume.
+engine: one compile, an exact resume, and examples/s counting windows.
 
 The reference is the unpacked path: each window alone in its padded row, which the encoder tests check
 against transformers."""
@@ -148,6 +148,29 @@ def test_a_packed_run_compiles_once_evaluates_and_resumes_exactly(tmp_path):
     assert resumed["start_step"] == 3
     again = [r for r in read_metrics(tmp_path / "run" / METRICS_FILE) if "train/loss" in r]
     assert [r["train/loss"] for r in again if r["step"] > 3] == [r["train/loss"] for r in first if r["step"] > 3]
+
+
+def test_a_packed_step_logs_the_windows_it_feeds_not_its_rows(tmp_path):
+    from qajax import run
+    from qajax.data.batches import START
+    from qajax.train.loop import Throughput
+
+    config = _packed_run_config()
+    config.task.cache_dir = str(tmp_path / "cache")
+    prepared = run.prepare(config)
+    task, rows = prepared.task, config.train.batch_size
+    host = task.train_batches(position=START, **prepared.iterator_args)
+    placed = prepared.parallel.prefetch(task.train_batches(position=START, **prepared.iterator_args), 2)
+    clock = iter(range(10))  # the log line's interval: one second
+    throughput, fed = Throughput(clock=lambda: float(next(clock))), 0
+    for _ in range(prepared.steps_per_epoch):  # as the loop counts them: placed on the devices
+        windows = int(next(host)["window_weight"].sum())
+        examples, tokens = task.fed_size(next(placed), rows)
+        assert float(examples) == windows >= rows and tokens == rows * config.task.max_seq_length
+        throughput.add(examples, tokens)
+        fed += windows
+    assert fed > rows * prepared.steps_per_epoch  # a precondition: rows hold several windows
+    assert throughput.rates()["examples_per_sec"] == fed
 
 
 @pytest.mark.parametrize(
