@@ -206,18 +206,11 @@ def planned_attention(name: str, shape: Shape) -> str:
         return REFERENCE_ATTENTION[name]
     encoder = shape.encoder()
     training = not name.endswith("-eval")
-    path, _ = attention.plan(
-        encoder.attention_implementation,
-        encoder.attention_platform,
-        encoder.compute_dtype,
-        dropout_rate=encoder.attention_dropout if training else 0.0,
-        output_probs=False,
-        scanned=encoder.scan_layers,
-    )
+    path, _ = attention.plan_for(encoder, training=training)
     return path
 
 
-# The fused kernels, the backends that run them and who they are (pallas is the TPU splash kernel).
+# The fused kernels, the backends that run them and who they are (pallas: the TPU window and splash kernels).
 KERNEL_HOSTS = {
     "cudnn": (("gpu", "cuda"), "an NVIDIA GPU"),
     "pallas": (("tpu", "cpu"), "a TPU (or the CPU, in Pallas' interpreter: slow)"),

@@ -127,6 +127,18 @@ def plan(implementation, platform, dtype, *, dropout_rate: float, output_probs: 
     return kernel, 0.0
 
 
+def plan_for(config, *, training: bool, output_probs: bool = False):
+    """`plan` for an EncoderConfig's settings: what one of its attention layers runs, in training or not."""
+    return plan(
+        config.attention_implementation,
+        config.attention_platform,
+        config.compute_dtype,
+        dropout_rate=config.attention_dropout if training else 0.0,
+        output_probs=output_probs,
+        scanned=config.scan_layers,
+    )
+
+
 _warned: set[str] = set()
 
 

@@ -70,14 +70,7 @@ def attend(config, hidden, mask: AttentionMask, *, deterministic, output_attenti
     value = split(dense(config, config.hidden_size, "value")(hidden))
 
     dropout_probs = not deterministic and config.attention_dropout > 0.0
-    path, kernel_dropout = attention.plan(
-        config.attention_implementation,
-        config.attention_platform,
-        config.compute_dtype,
-        dropout_rate=config.attention_dropout if dropout_probs else 0.0,
-        output_probs=output_attentions,
-        scanned=config.scan_layers,
-    )
+    path, kernel_dropout = attention.plan_for(config, training=dropout_probs, output_probs=output_attentions)
     if path != "explicit":
         context = attention.fused_attention(
             query,
