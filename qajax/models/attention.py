@@ -28,9 +28,11 @@ it inside the kernel: cuDNN's Philox stream, seeded per layer from the module pa
 advanced by XLA on every call, not the model's rng. XLA advances that stream once per execution of each
 kernel call, so a forward and its backward draw the same mask only when each runs once per step in the same
 order; under `scan_layers` the backward loop runs the layers in reverse, so there cudnn trains without
-attention dropout, like pallas, whose kernel has none. Both then say so once (`logging.warning`); hidden
-dropout still applies, and asking for `explicit` keeps attention dropout on any platform. An unscanned
-ALBERT applies its one shared layer several times with one seed, so those applications share a mask.
+attention dropout. pallas applies it inside the window kernel, seeded per example from the model's `dropout`
+rng (`qajax.models.window_attention`); splash, for sequences over 512 tokens, has none. Where a kernel
+trains without it, it says so once (`logging.warning`); hidden dropout still applies, and asking for
+`explicit` keeps attention dropout on any platform. An unscanned ALBERT applies its one shared layer
+several times with one cuDNN seed, so those applications share a mask.
 
 The platform is `jax.default_backend()` unless the caller names the target: an ahead-of-time compile for
 an absent TPU or GPU sets `model.attention_platform` ("tpu", "gpu") or calls `resolve_implementation`.
@@ -121,8 +123,8 @@ def plan(implementation, platform, dtype, *, dropout_rate: float, output_probs: 
         return "explicit", 0.0
     if dropout_rate == 0:
         return kernel, 0.0
-    if kernel == "cudnn" and not scanned:
-        return kernel, dropout_rate
+    if (kernel == "cudnn" and not scanned) or kernel == "pallas":
+        return kernel, dropout_rate  # pallas: the window kernel drops inside; splash says it cannot
     _warn_no_attention_dropout(kernel, dropout_rate)
     return kernel, 0.0
 
@@ -155,7 +157,7 @@ def _warn_no_attention_dropout(kernel: str, rate: float) -> None:
         "hidden dropout still applies; set model.attention_implementation='explicit' to keep it",
         kernel,
         rate,
-        "under scan_layers" if kernel == "cudnn" else "the kernel has none",
+        "under scan_layers" if kernel == "cudnn" else "splash attention, for sequences over 512 tokens, has none",
     )
 
 
@@ -174,17 +176,22 @@ def explicit_attention(query, key, value, mask: AttentionMask, *, dropout: Calla
 
 
 def fused_attention(
-    query, key, value, mask: AttentionMask, *, path: str, dropout_rate=0.0, dropout_seed=0, platform: str = ""
-):
+    query, key, value, mask: AttentionMask, *, path: str, dropout_rate=0.0, dropout_seed=0, dropout_key=None,
+    platform: str = "",
+):  # fmt: skip
     """query/key/value [batch, seq, heads, head_dim] -> context [batch, seq, heads, head_dim] by `path`
-    ("xla", "cudnn" or "pallas", as `plan` chose); only cudnn takes a dropout rate. `platform` is the one
+    ("xla", "cudnn" or "pallas", as `plan` chose, with the dropout rate it returned): cudnn seeds its dropout
+    with `dropout_seed` (a static int), pallas with `dropout_key` (a jax.random key). `platform` is the one
     compiled for ("": this host's): Pallas on a CPU runs in its interpreter."""
     if path == "xla":
         return jax.nn.dot_product_attention(query, key, value, mask=boolean_mask(mask), implementation="xla")
     if path == "cudnn":
         return cudnn_attention(query, key, value, mask, dropout_rate=dropout_rate, dropout_seed=dropout_seed)
     if path == "pallas":
-        return pallas_attention(query, key, value, mask, interpret=(platform or jax.default_backend()) == "cpu")
+        interpret = (platform or jax.default_backend()) == "cpu"
+        return pallas_attention(
+            query, key, value, mask, dropout_rate=dropout_rate, dropout_key=dropout_key, interpret=interpret
+        )
     raise ValueError(f"attention path {path!r}: expected one of xla, cudnn, pallas")
 
 
@@ -237,16 +244,24 @@ def splash_block(seq: int) -> int:
     return next(b for b in (512, 384, 256, PALLAS_BLOCK) if seq % b == 0)
 
 
-def pallas_attention(query, key, value, mask: AttentionMask, *, interpret: bool = False):
+def pallas_attention(
+    query, key, value, mask: AttentionMask, *, dropout_rate=0.0, dropout_key=None, interpret: bool = False
+):
     """A Pallas TPU kernel: `qajax.models.window_attention` for windows of up to 512 tokens (BERT's), in the
-    projections' own layout; splash attention for longer sequences."""
+    projections' own layout and with attention dropout inside; splash attention, without dropout, beyond."""
     batch, seq, heads, head_dim = query.shape
     if not window_attention.supports(seq):
+        if dropout_rate:
+            _warn_no_attention_dropout("pallas", dropout_rate)
         return splash_attention(query, key, value, mask, interpret=interpret)
     query_ids, key_ids = pallas_segment_ids(mask)
     flat = lambda x: x.reshape(batch, seq, heads * head_dim)
-    kernel = partial(window_attention.window_attention, head_dim=head_dim, interpret=interpret)
-    context = _per_batch_shard(kernel)(flat(query), flat(key), flat(value), query_ids, key_ids)
+    # Seeds per example are drawn outside the kernel from the global batch, so every shard differs.
+    seeds = window_attention.example_seeds(dropout_key, batch) if dropout_rate else jnp.zeros((batch,), jnp.int32)
+    kernel = partial(
+        window_attention.window_attention, head_dim=head_dim, dropout_rate=dropout_rate, interpret=interpret
+    )
+    context = _per_batch_shard(kernel)(flat(query), flat(key), flat(value), query_ids, key_ids, seeds)
     return context.reshape(query.shape)
 
 

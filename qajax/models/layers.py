@@ -57,12 +57,13 @@ def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
     )
 
 
-def attend(config, hidden, mask: AttentionMask, *, deterministic, output_attentions, dropout_seed=0):
-    """Multi-head self-attention; creates `query`, `key`, `value` in the calling module's scope.
+def attend(config, hidden, mask: AttentionMask, *, deterministic, output_attentions, module: nn.Module):
+    """Multi-head self-attention; creates `query`, `key`, `value` in the scope of `module`, the caller.
 
     hidden [batch, seq, hidden] -> context [batch, seq, hidden] and the attention probabilities
-    [batch, heads, seq, seq] (or None). The math per implementation is in `qajax.models.attention`;
-    `dropout_seed` seeds cuDNN's in-kernel attention dropout (a static int, one per layer).
+    [batch, heads, seq, seq] (or None). The math per implementation is in `qajax.models.attention`. Fused
+    kernels with attention dropout are seeded from `module`: cuDNN's by a static int per layer (its path),
+    the Pallas window kernel's by the module's "dropout" rng, as every other dropout.
     """
     split = lambda x: x.reshape(x.shape[:2] + (config.num_heads, config.head_dim))  # [B, T, N, D]
     query = split(dense(config, config.hidden_size, "query")(hidden))
@@ -79,7 +80,8 @@ def attend(config, hidden, mask: AttentionMask, *, deterministic, output_attenti
             mask,
             path=path,
             dropout_rate=kernel_dropout,
-            dropout_seed=dropout_seed,
+            dropout_seed=module_seed(module) if path == "cudnn" else 0,
+            dropout_key=module.make_rng("dropout") if path == "pallas" and kernel_dropout else None,
             platform=config.attention_platform,
         )
         return context.reshape(hidden.shape), None
@@ -115,7 +117,7 @@ class SelfAttention(nn.Module):  # BERT: attention/self
             mask,
             deterministic=self.deterministic,
             output_attentions=self.output_attentions,
-            dropout_seed=module_seed(self),
+            module=self,
         )
 
 
@@ -193,7 +195,7 @@ class AlbertAttention(nn.Module):  # ALBERT: attention holds query/key/value/den
             mask,
             deterministic=self.deterministic,
             output_attentions=self.output_attentions,
-            dropout_seed=module_seed(self),
+            module=self,
         )
         return project_add_norm(self.config, context, hidden, deterministic=self.deterministic), probs
 

@@ -124,17 +124,14 @@ def test_plan_picks_the_platform_kernel_and_drops_attention_dropout_only_where_n
     assert plan("explicit", "tpu", f32, dropout_rate=0.1) == ("explicit", 0.0)
     assert attention.plan("auto", "tpu", f32, dropout_rate=0.0, output_probs=True, scanned=False)[0] == "explicit"
     assert not caplog.records
+    assert plan("auto", "tpu", f32, dropout_rate=0.1) == ("pallas", 0.1)  # the window kernel drops inside
+    assert plan("pallas", "", f32, dropout_rate=0.1) == ("pallas", 0.1)
     with caplog.at_level(logging.WARNING, logger=attention.__name__):
-        assert plan("auto", "tpu", f32, dropout_rate=0.1) == ("pallas", 0.0)
-        assert plan("pallas", "", f32, dropout_rate=0.1) == ("pallas", 0.0)
         assert attention.plan("cudnn", "gpu", bf16, dropout_rate=0.1, output_probs=False, scanned=True) == (
             "cudnn",
             0.0,
         )
-    assert [r.message.split(" ")[0] for r in caplog.records] == [
-        "attention_implementation=pallas",
-        "attention_implementation=cudnn",
-    ]
+    assert [r.message.split(" ")[0] for r in caplog.records] == ["attention_implementation=cudnn"]
     # Several TPU devices and no mesh to split the Pallas kernel over: auto keeps XLA's attention.
     assert attention.resolve_implementation("auto", "tpu") == "pallas"
     monkeypatch.setattr(jax, "device_count", lambda: 4)
@@ -283,3 +280,40 @@ def test_the_window_kernel_in_bfloat16_is_as_close_to_float32_as_xlas_attention(
             float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in zip(grads, reference, strict=True)
         )
     assert errors["pallas"] < 2 * errors["xla"] < 0.05, errors
+
+
+@pytest.mark.parametrize("heads, head_dim", [(4, 64), (8, 32)])
+def test_the_window_kernels_attention_dropout_matches_explicit_attention_with_its_mask(heads, head_dim):
+    """Attention dropout inside the window kernel: values and gradients equal the explicit path's with the
+    same mask (`window_attention.keep_mask`), in float32; the mask drops the rate and differs by seed."""
+    from qajax.models import window_attention as window
+
+    rate, seq = 0.25, 128
+    q, k, v, cotangent = jax.random.normal(jax.random.key(heads), (4, 3, seq, heads, head_dim))
+    lengths = np.array([seq, 90, 0])
+    mask = make_attention_mask((np.arange(seq)[None] < lengths[:, None]).astype(np.int32))
+    seeds = window.example_seeds(jax.random.key(1), 3)
+    keep = window.keep_mask(seeds, num_heads=heads, head_dim=head_dim, seq=seq, dropout_rate=rate)
+    tokens = mask.token[:, :, None, None]
+    flat = lambda x: x.reshape(3, seq, heads * head_dim)
+    ids = attention.pallas_segment_ids(mask)
+
+    def kernel(q, k, v):
+        out = window.window_attention(
+            flat(q), flat(k), flat(v), *ids, seeds, head_dim=head_dim, dropout_rate=rate, interpret=True
+        )
+        return out.reshape(q.shape)
+
+    def reference(q, k, v):
+        drop = lambda p: jnp.where(keep, p / (1 - window.drop_threshold(rate) / 2**31), 0.0)
+        return attention.explicit_attention(q, k, v, mask, dropout=drop, dtype=jnp.float32)[0]
+
+    loss = lambda f, q, k, v: jnp.sum(jnp.where(tokens, f(q, k, v) * cotangent, 0.0))
+    value, grads = jax.value_and_grad(partial(loss, kernel), argnums=(0, 1, 2))(q, k, v)
+    ref_value, ref_grads = jax.value_and_grad(partial(loss, reference), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(value, ref_value, rtol=TOLERANCE)
+    for grad, ref in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(grad, ref, atol=TOLERANCE)
+    assert abs(1 - float(jnp.mean(keep)) - rate) < 0.01
+    other = window.keep_mask(seeds[::-1], num_heads=heads, head_dim=head_dim, seq=seq, dropout_rate=rate)
+    assert 0.55 < float(jnp.mean(keep[0] == other[0])) < 0.7  # independent masks agree on 1 - 2 r (1 - r)
