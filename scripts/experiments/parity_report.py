@@ -16,6 +16,26 @@ ARM_ORDER = ("qajax", "pytorch")
 SCORES = (("F1", "f1"), ("EM", "exact"), ("HasAns F1", "HasAns_f1"), ("NoAns F1", "NoAns_f1"), ("F1@0", "f1_at_0"),
           ("always-answer HasAns F1", "always_answer_HasAns_f1"))  # fmt: skip
 
+# How the runs were launched and what the estimate before them said (from runs/parity_squad.log).
+LAUNCH = """\
+All runs were made by one background chain, one process at a time, from the worktree root (the venv is
+/work/main/.venv, the package taken from the worktree through PYTHONPATH):
+
+    export JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=$PWD PY=/work/main/.venv/bin/python
+    nohup nice -n 10 bash -c '$PY scripts/experiments/parity_squad.py --estimate 6; \\
+        scripts/experiments/parity_squad_runs.sh 0 1 2' > runs/parity_squad.log 2>&1 &
+
+`parity_squad_runs.sh` runs, for each seed in turn, `parity_squad.py --workdir runs/parity_s<seed> --variants
+qajax --set seed=<seed>`, then the same with `--variants pytorch` (the commands below).
+
+Estimate before the runs (`--estimate 6`: 6 training steps of each arm on real batches, projected over a run
+by batch width; 06:20-06:25 UTC, while the load of other sessions' jobs on the 2 cores rose from ~1 to ~7):
+qajax ~36 minutes of training for 428 steps (steady steps 3.6 s at width 192, 5.3-6.1 s at 256; each of the
+5 batch widths compiles once, ~25 s), PyTorch ~76 minutes for 430 steps (16-24 s a step on the longest batches,
+width 317-384) plus ~6 minutes to predict the dev and held-out windows. With 2 arms x 3 seeds that is ~6 hours,
+against ~2 hours of session: only the first pair could fit (see "What did not run").
+"""
+
 # The reading of the numbers below (written by hand once the rows are in; the tables are written from the rows).
 VERDICT = """\
 Pending: the runs have not finished.
@@ -110,7 +130,7 @@ def write_report(rows: list[dict], path: Path) -> None:
     lines += ["| setting | " + " | ".join(latest_of) + " |", "|---" * (1 + len(latest_of)) + "|"]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(str(r["settings"].get(name, "")) for r in latest_of.values()) + " |")
-    lines += ["", "## Commands (in the order they ran)", ""]
+    lines += ["", "## Commands (in the order they ran)", "", LAUNCH.rstrip(), ""]
     lines += [f"    {c}" for c in dict.fromkeys(r["command"] for r in rows)]
     score_names = [name for name, _ in SCORES]
     header = "| date | commit | arm | seed | steps | minutes | final loss | dev threshold | "
