@@ -171,8 +171,9 @@ def write_report(rows: list[dict], path: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """A panel per score: each arm's mean (bar) ± sd (whisker), each seed a dot, the two runs of a seed joined
-    by a line (its slope is the paired difference); a last panel with the training loss of every run."""
+    """A panel per score: each arm's mean (thick line) ± sd (whisker), the always-null baseline dashed, each
+    seed a dot, the two runs of a seed joined by a line (its slope is the paired difference); a last panel with
+    the training loss of every run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,7 +187,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for x, arm in enumerate(arms):
             values = [r[key] for r in groups[arm].values()]
             sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-            ax.bar(x, np.mean(values), width=0.55, color=f"C{x}", alpha=0.35)
+            ax.plot([x - 0.25, x + 0.25], [np.mean(values)] * 2, f"C{x}-", lw=3)  # the mean
             ax.errorbar(x, np.mean(values), yerr=sd, color=f"C{x}", capsize=4, lw=1.5)
         for seed in sorted(set().union(*(set(s) for s in groups.values()))):
             xs = [x for x, arm in enumerate(arms) if seed in groups[arm]]
@@ -195,6 +196,10 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.annotate(str(seed), (xs[-1], ys[-1]), xytext=(4, 0), textcoords="offset points", fontsize=6)
         low = min(r[key] for seeds in groups.values() for r in seeds.values())
         high = max(r[key] for seeds in groups.values() for r in seeds.values())
+        if key in ("f1", "exact", "f1_at_0"):  # predicting "" everywhere scores the unanswerable share
+            baseline = rows[-1]["baseline_f1"]
+            ax.axhline(baseline, color="grey", ls="--", lw=0.8)
+            low, high = min(low, baseline), max(high, baseline)
         ax.set_ylim(max(0.0, low - 0.15 * (high - low + 1) - 2), min(100.0, high + 0.15 * (high - low + 1) + 2))
         ax.set_xticks(range(len(arms)), arms, fontsize=8)
         ax.set_xlim(-0.6, len(arms) - 0.4)
@@ -211,6 +216,6 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend(fontsize=7)
     for ax in axes[len(SCORES) + 1 :]:
         ax.axis("off")
-    fig.suptitle("SQuAD 2.0 held-out scores: bars mean, whiskers seed sd, dots seeds (labelled), lines join a seed's "
-                 "pair", fontsize=9)  # fmt: skip
+    fig.suptitle("SQuAD 2.0 held-out scores: thick lines mean, whiskers seed sd, dots seeds (labelled), thin lines "
+                 "join a seed's pair, dashed: always-null baseline", fontsize=9)  # fmt: skip
     save_figure(fig, path)
