@@ -36,6 +36,24 @@ width 317-384) plus ~6 minutes to predict the dev and held-out windows. With 2 a
 against ~2 hours of session: only the first pair could fit (see "What did not run").
 """
 
+# What still differs between the arms, by construction (each arm is its framework's standard way).
+DIFFERENCES = """\
+- Random streams: the head's initialisation, the data order and the dropout masks come from JAX PRNG keys in
+  qajax and from torch's generators in the reference; the same seed gives different draws.
+- Batches: both group windows of similar length (3,425 windows, mean 192 tokens), but qajax sorts pools of 50
+  batches and shuffles the batch order, trims each batch to its longest window rounded up to 64 and drops the
+  epoch's remainder (214 steps an epoch, 428 in all), where the Trainer's sampler runs each megabatch of 50
+  batches from the longest to the shortest, pads to the longest window exactly and keeps the last short batch
+  (215 steps an epoch, 430 in all; 3,425 = 214 x 16 + 1, so that batch holds one window). Warmup is 43 steps
+  in both.
+- Loss: qajax masks padding out of the start/end softmax; `BertForQuestionAnswering` ranks every position of
+  the padded batch, padding included (run_qa pads every window to 384, so its softmax holds even more padding).
+  Hence the reference's higher loss in the first steps (ln of more positions) and a loss curve that depends on
+  the batch width. At prediction time the n-best masks padding for both arms, so the scoring is unaffected.
+- Weight decay: torch scales the weights by (1 - lr x wd) before the Adam step; qajax adds wd x p to the Adam
+  direction inside the learning rate (optax.adamw's form). The two agree to first order in lr.
+"""
+
 # The reading of the numbers below (written by hand once the rows are in; the tables are written from the rows).
 VERDICT = """\
 Pending: the runs have not finished.
@@ -164,6 +182,7 @@ def write_report(rows: list[dict], path: Path) -> None:
             each = ", ".join(f"{v:+.2f}" if name != "final loss" else f"{v:+.3f}" for v in d)
             judged = _judgement(groups, key) if name != "final loss" else "(lower is better)"
             lines.append(f"| {name} | {d.mean():+.2f} {_interval(d)} | {each} | {judged} |")
+    lines += ["", "## What differs between the arms besides the framework", "", DIFFERENCES.rstrip()]
     lines += ["", "## Verdict", "", VERDICT.rstrip(), ""]
     lines += [f"![scores per arm and seed]({path.with_suffix('.png').name})", ""]
     plot(rows, path.with_suffix(".png"))
