@@ -75,7 +75,7 @@ def test_torch_heads_have_qajax_shapes_scheme_and_weight_decay_mask():
     tm, t, specs, model, encoder = _tiny()
     assert set(model.heads) == {"sst", "quora"}  # STS's cosine head has no parameters
     assert model.heads["sst"].weight.shape == (5, 8) and model.heads["quora"].weight.shape == (1, 8)
-    assert all(float(h.bias.abs().sum()) == 0.0 for h in model.heads.values())
+    assert all(float(h.bias.detach().abs().sum()) == 0.0 for h in model.heads.values())
     # Every parameter and every weight-decayed one has its twin in qajax's tree (pooler included).
     no_decay = optim.default_config().no_decay
     assert tm.torch_counts(model) == tm.qajax_counts(encoder, specs, t, no_decay)
