@@ -242,6 +242,10 @@ def read_rows(path: Path) -> list[dict]:
 
 # -- the report ---------------------------------------------------------------------------------------------------
 
+# What was checked besides the rows, and the timing that sized the runs (by hand, from the logs named).
+CHECKS = """\
+(written once the runs are in)
+"""
 # The reading of the numbers below, written after the runs; the tables and differences are written from the rows.
 VERDICT = """\
 (written once the runs are in)
@@ -324,7 +328,8 @@ def write_report(rows: list[dict], path: Path) -> None:
         "|---|---|",
     ]
     first = rows[0] if rows else {}
-    lines += [f"| {k} | {v} |" for k, v in first.get("hyperparameters", {}).items()]
+    cell = lambda text: str(text).replace("|", "\\|")  # a regex's alternation must not split the cell
+    lines += [f"| {k} | {cell(v)} |" for k, v in first.get("hyperparameters", {}).items()]
     details = {r["arm"]: r.get("arm_details", {}) for r in rows}
     if details:
         keys = list(dict.fromkeys(k for d in details.values() for k in d))
@@ -336,7 +341,7 @@ def write_report(rows: list[dict], path: Path) -> None:
             "| | " + " | ".join(arms) + " |",
             "|---" * (1 + len(arms)) + "|",
         ]
-        lines += ["| " + " | ".join([k, *(details[a].get(k, "") for a in arms)]) + " |" for k in keys]
+        lines += ["| " + " | ".join([k, *(cell(details[a].get(k, "")) for a in arms)]) + " |" for k in keys]
 
     header = ["date", "started", "commit", "arm", "seed", "minutes", "s/step", *names]
     lines += ["", "## Runs", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -376,11 +381,14 @@ def write_report(rows: list[dict], path: Path) -> None:
             cells = [name, f"{d.mean():+.3f}", interval, each, spread, spread_verdict(d.mean(), arm_sds)]
             lines.append("| " + " | ".join(cells) + " |")
 
-    lines += ["", "## Verdict", "", VERDICT.rstrip()]
+    lines += ["", "## Checks and timing", "", CHECKS.rstrip(), "", "## Verdict", "", VERDICT.rstrip()]
     lines += ["", f"![each metric per arm: mean, ± sd and each seed]({path.with_suffix('.png').name})"]
     if rows:
         plot(groups, path.with_suffix(".png"))
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+MIN_SPAN = 0.04  # ~2 binomial standard errors of an accuracy on 500 dev rows
 
 
 def plot(groups: dict, path: Path) -> None:
@@ -404,11 +412,18 @@ def plot(groups: dict, path: Path) -> None:
             ys = [groups[arm][seed]["scores"][key] for arm in arms if seed in groups[arm]]
             ax.plot(xs, ys, "k.-", lw=0.7, ms=5, alpha=0.7)
             ax.annotate(str(seed), (xs[-1], ys[-1]), xytext=(4, 0), textcoords="offset points", fontsize=6)
+        low, high = ax.get_ylim()  # at least MIN_SPAN tall, so that a small gap does not fill the panel
+        if high - low < MIN_SPAN:
+            middle = (high + low) / 2
+            ax.set_ylim(middle - MIN_SPAN / 2, middle + MIN_SPAN / 2)
         ax.set_xticks(range(len(arms)), arms, fontsize=8)
         ax.set_xlim(-0.5, len(arms) - 0.3)
         ax.set_title(name, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
-    fig.suptitle(f"{STEPS} steps; bars: means, whiskers: ± sd over seeds, dots: seeds (labelled) joined", fontsize=8)
+    title = (
+        f"{STEPS} steps; bars: means, whiskers: ± sd over seeds, dots: seeds (labelled) joined; y spans >= {MIN_SPAN}"
+    )
+    fig.suptitle(title, fontsize=8)
     save_figure(fig, path)
 
 
