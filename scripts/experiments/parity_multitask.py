@@ -6,11 +6,13 @@ data stream, the same optimizer and schedule, 300 steps, seeds paired.
         --workdir runs/parity_mt > runs/parity_mt.log 2>&1 &
     .venv/bin/python scripts/experiments/parity_multitask.py one --arm pytorch --seed 0 --workdir runs/parity_mt
     .venv/bin/python scripts/experiments/parity_multitask.py report
+    .venv/bin/python scripts/experiments/parity_multitask.py check --seed 0
 
 `time` trains a few steps of each arm (a process each) and prints the projected minutes of a full run;
 `run` starts `one` per seed and arm (qajax then pytorch), a process at a time; `one` trains one arm and
 seed for 300 steps, appends its row to docs/results/accuracy_parity_multitask.jsonl and rewrites the report
-(accuracy_parity_multitask.md and .png) from every row; `report` rewrites the report from the rows alone.
+(accuracy_parity_multitask.md and .png) from every row; `report` rewrites the report from the rows alone;
+`check` compares the pytorch arm's training batches, dev arrays and schedule with those of the qajax loop.
 
 Arms: `qajax` is multitask_minilm.py's run (its SETTINGS, then train.steps=300 and the seed); `pytorch` is
 torch_multitask.py (transformers' BertModel on the same folder, the same heads and losses, qajax's data,
@@ -149,6 +151,48 @@ def _qajax_seconds_per_step(workdir: Path, batch_size: int) -> float:
     return float(np.mean([batch_size / r for r in later]))  # one task a step: batch_size examples
 
 
+def check(seed: int, steps: int = STEPS) -> dict:
+    """The pytorch arm's inputs against the qajax loop's, for one seed: every training batch of `steps` (the
+    iterator `qajax.run.prepare` hands the loop), the dev arrays, the learning rate of every step, and the
+    encoders as functions (STS's score, 5 x the cosine of mean-pooled embeddings, has no head parameters: the
+    two frameworks' eval-mode scores of a dev batch from the same checkpoint). Raises on a difference."""
+    import jax
+    import torch
+    import torch_multitask
+
+    from qajax.run import prepare
+
+    torch.set_num_threads(1)
+    config = load_config(seed, steps)
+    ours = torch_multitask.Prepared(config)
+    qajax_run = prepare(config)
+    theirs = qajax_run.task.train_batches(**qajax_run.iterator_args)
+    for k in range(steps):
+        a, b = next(ours.batches), next(theirs)
+        if a.keys() != b.keys() or not all(np.array_equal(a[key], b[key]) for key in a):
+            raise AssertionError(f"step {k}: the batches differ ({sorted(a)} vs {sorted(b)})")
+    for name, arrays in ours.held_out.items():
+        other = qajax_run.task.eval_sets[name]
+        if arrays.keys() != other.keys() or not all(np.array_equal(arrays[key], other[key]) for key in arrays):
+            raise AssertionError(f"{name}: the dev arrays differ")
+    rates = np.array([[float(ours.schedule(k)), float(qajax_run.schedule(k))] for k in range(steps)])
+    if ours.total_steps != qajax_run.total_steps or not np.array_equal(rates[:, 0], rates[:, 1]):
+        raise AssertionError("the learning-rate schedules differ")
+    inputs = {k: v[:64] for k, v in ours.held_out["sts"].items() if not k.endswith("/labels")}
+    qajax_score = np.asarray(qajax_run.task.forward(qajax_run.task.initial_params, inputs)["sts"]["score"])
+    ours.model.eval()
+    with torch.no_grad():
+        torch_score = ours.model(torch_multitask.to_torch(inputs))["sts"].numpy()
+    return {
+        "seed": seed,
+        "train batches identical": steps,
+        "dev arrays identical": {name: len(a[f"{name}/labels"]) for name, a in ours.held_out.items()},
+        "learning rates identical": f"{steps} steps, peak {rates[:, 0].max():g}",
+        "STS dev score, 64 pairs, max |qajax - torch|": float(np.abs(qajax_score - torch_score).max()),
+        "jax": jax.__version__,
+    }
+
+
 def _cores() -> int:
     return os.cpu_count() or 0
 
@@ -186,9 +230,15 @@ def main(argv=None) -> int:
     timing.add_argument("--steps", type=int, default=30)
     timing.add_argument("--torch-threads", type=int, default=1)
     sub.add_parser("report", help="rewrite the report from the rows")
+    checking = sub.add_parser("check", help="the pytorch arm's batches, dev rows, schedule and encoder vs qajax's")
+    checking.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
 
+    if args.command == "check":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        print(json.dumps(check(args.seed)), flush=True)
+        return 0
     if args.command == "report":
         write_report(read_rows(REPORT.with_suffix(".jsonl")), REPORT)
         return 0
