@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "scripts" / "experiments"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+from tests.experiment_scripts import EXPERIMENTS, load_script
 
 
 def _row(variant: str, f1: float, command: str = "scripts/experiments/squad_ablation.py --variants a,b", seed=0,
@@ -34,7 +20,7 @@ def _row(variant: str, f1: float, command: str = "scripts/experiments/squad_abla
 
 
 def test_ablation_report_lists_every_row_and_averages_the_seeds_of_each_settings(tmp_path):
-    ablation = _load("squad_ablation")
+    ablation = load_script("squad_ablation")
     rows = [
         _row("baseline", 40.0, command="other settings", epochs=1.0),
         _row("baseline", 47.5),
@@ -61,14 +47,14 @@ def test_ablation_report_lists_every_row_and_averages_the_seeds_of_each_settings
 
 
 def test_ablation_refuses_unknown_variants(capsys):
-    ablation = _load("squad_ablation")
+    ablation = load_script("squad_ablation")
     with pytest.raises(SystemExit):
         ablation.main(["--workdir", "unused", "--variants", "baseline,nope"])
     assert "unknown variants ['nope']" in capsys.readouterr().err
 
 
 def test_multitask_ablation_report_has_the_baseline_row_and_a_plot(tmp_path):
-    ablation = _load("multitask_ablation")
+    ablation = load_script("multitask_ablation")
     scores = {
         "eval/sst_accuracy": 0.37,
         "eval/quora_accuracy": 0.772,
@@ -103,7 +89,7 @@ def test_multitask_ablation_report_has_the_baseline_row_and_a_plot(tmp_path):
 def test_dev_runs_take_their_span_scores_from_the_loop_evaluation():
     import types
 
-    split = _load("squad_split")
+    split = load_script("squad_split")
     summary = {"eval/always_answer_HasAns_f1": 40.0, "eval/best_f1": 51.0, "eval/best_f1_thresh": -2.0,
                "dev/total": 364, "eval/exact": 47.0, "eval/f1": 50.0, "eval/HasAns_f1": 20.0, "eval/NoAns_f1": 80.0,
                "eval/null_threshold": -1.5}  # fmt: skip
@@ -117,7 +103,7 @@ def test_dev_runs_take_their_span_scores_from_the_loop_evaluation():
 def test_answerability_auc_and_curve_match_their_definitions():
     import numpy as np
 
-    answerability = _load("squad_answerability")
+    answerability = load_script("squad_answerability")
     rng = np.random.default_rng(0)
     odds = np.round(rng.normal(size=60), 1)  # rounded: ties between the two groups
     empty = rng.random(60) < 0.5
@@ -141,7 +127,7 @@ def test_answerability_auc_and_curve_match_their_definitions():
 def test_seed_mean_margin_and_its_bootstrap_interval():
     import numpy as np
 
-    answerability = _load("squad_answerability")
+    answerability = load_script("squad_answerability")
     null = np.array([1.0, 0.0, 1.0, 0.0])
     runs = [[1.0, 0.5, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]]  # per question: +0, +0.75, -0.5, +0 over always-null
     mean, low, high = answerability.margin_interval(runs, null, draws=500)
@@ -176,7 +162,7 @@ def _dropout_rows() -> list[dict]:
 
 
 def test_attention_dropout_report_has_every_run_the_means_and_the_paired_differences(tmp_path):
-    report = _load("attention_dropout")
+    report = load_script("attention_dropout")
     report.write_report(_dropout_rows(), tmp_path / "ad.md")
     text = (tmp_path / "ad.md").read_text()
     runs = [line for line in text.splitlines() if line.startswith("| 2026-12-07 |")]
@@ -197,7 +183,7 @@ def test_attention_dropout_report_is_the_one_its_rows_write(tmp_path):
     rows_file = EXPERIMENTS.parents[1] / "docs" / "results" / "attention_dropout.jsonl"
     if not rows_file.is_file():
         pytest.skip("no attention_dropout.jsonl: the experiment has not run in this checkout")
-    report = _load("attention_dropout")
+    report = load_script("attention_dropout")
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     report.write_report(rows, tmp_path / "attention_dropout.md")
     assert (tmp_path / "attention_dropout.md").read_text() == rows_file.with_suffix(".md").read_text()

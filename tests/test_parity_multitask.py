@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.experiment_scripts import load_script
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "scripts" / "experiments"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
 
 
 def _task_section():
@@ -41,7 +26,7 @@ def _tiny(seed: int = 0):
     from qajax.models.config import EncoderConfig
     from qajax.tasks.multitask.task import head_specs
 
-    tm = _load("torch_multitask")
+    tm = load_script("torch_multitask")
     t = _task_section()
     sizes = dict(vocab_size=50, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16)
     hf = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
@@ -121,7 +106,7 @@ def test_torch_forward_and_loss_match_qajax_pooling_cosine_and_losses():
 
 
 def test_clip_is_qajax_clip():
-    tm = _load("torch_multitask")
+    tm = load_script("torch_multitask")
     params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
     params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 4.0, 0.0, 0.0])
     assert tm.clip_by_global_norm(params, 1.0) == pytest.approx(5.0)
@@ -139,7 +124,7 @@ def _row(arm: str, seed: int, sst: float, composite: float) -> dict:
 
 
 def test_parity_report_has_every_run_the_means_and_the_paired_differences(tmp_path):
-    parity = _load("parity_multitask")
+    parity = load_script("parity_multitask")
     rows = [_row("qajax", 0, 0.40, 0.70), _row("pytorch", 0, 0.38, 0.69), _row("qajax", 1, 0.36, 0.68),
             _row("pytorch", 1, 0.38, 0.70), _row("qajax", 2, 0.38, 0.69)]  # fmt: skip
     report = tmp_path / "parity.md"

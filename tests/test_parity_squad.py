@@ -3,24 +3,15 @@ batch, the recipe read from the qajax config, and the report written from fake r
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 
 import numpy as np
 import pytest
 
-from tests.test_experiment_reports import EXPERIMENTS
+from tests.experiment_scripts import load_script
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-
-def _load(name: str):
-    """The script as a module of sys.modules (its dataclasses need one), found beside the others."""
-    if str(EXPERIMENTS) not in sys.path:
-        sys.path.insert(0, str(EXPERIMENTS))
-    return importlib.import_module(name)
 
 
 def _tiny_model(seed: int = 0):
@@ -42,7 +33,7 @@ def _windows(num: int = 10, seq: int = 12, seed: int = 0) -> dict:
 
 
 def test_length_grouped_batches_cover_each_window_once_and_pad_to_the_longest():
-    ts = _load("torch_squad")
+    ts = load_script("torch_squad")
     arrays = _windows()
     lengths = ts.window_lengths(arrays["attention_mask"])
     generator = torch.Generator().manual_seed(0)
@@ -57,7 +48,7 @@ def test_length_grouped_batches_cover_each_window_once_and_pad_to_the_longest():
 
 
 def test_the_loss_is_hf_span_loss_over_the_padded_batch_and_predictions_ignore_the_padding():
-    ts = _load("torch_squad")
+    ts = load_script("torch_squad")
     arrays, model = _windows(), _tiny_model().eval()
     rows = np.arange(6)
     batch = ts.torch_batch(arrays, rows)
@@ -76,7 +67,7 @@ def test_the_loss_is_hf_span_loss_over_the_padded_batch_and_predictions_ignore_t
 
 
 def test_train_runs_the_trainer_schedule_and_decays_all_but_biases_and_layer_norms():
-    ts = _load("torch_squad")
+    ts = load_script("torch_squad")
     recipe = ts.Recipe(learning_rate=1e-2, per_device_train_batch_size=4, num_train_epochs=2.0, warmup_ratio=0.1,
                        weight_decay=0.01, log_every=2)  # fmt: skip
     model = _tiny_model()
@@ -95,7 +86,7 @@ def test_train_runs_the_trainer_schedule_and_decays_all_but_biases_and_layer_nor
 
 
 def test_the_pytorch_recipe_is_read_from_the_qajax_config():
-    parity = _load("parity_squad")
+    parity = load_script("parity_squad")
     from qajax.errors import ConfigError
 
     recipe = parity.recipe_of(parity.load_config([*parity.PARITY, "seed=2"]))
@@ -118,7 +109,7 @@ def _row(arm: str, seed: int, f1: float, seconds: float = 1200.0) -> dict:
 
 
 def test_the_report_lists_every_run_and_pairs_the_seeds(tmp_path):
-    report = _load("parity_report")
+    report = load_script("parity_report")
     rows = [_row("qajax", 0, 50.0), _row("pytorch", 0, 49.0), _row("qajax", 1, 52.0), _row("pytorch", 1, 50.0),
             _row("qajax", 2, 40.0)]  # a seed whose pair did not run: in the means, out of the differences  # fmt: skip
     path = tmp_path / "parity.md"
