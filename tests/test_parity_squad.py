@@ -122,4 +122,7 @@ def test_the_report_lists_every_run_and_pairs_the_seeds(tmp_path):
     assert "| F1 | +1.50 [-4.85, +7.85] | +1.00, +2.00 | no: +1.50 is within the seed sd 6.43 |" in text
     assert '| none ("" everywhere) |' in text and "| -1.00 |" in text
     assert "| batch | 16 | 16 |" in text and "| qajax | x |  |" in text
+    # always-answer HasAns F1 is f1 - 10 here: 40, 42, 30 for qajax (30 is not above the line), 39, 40 for pytorch
+    assert "| qajax | 3 | 2 | 0, 1 |" in text and "| pytorch | 2 | 2 | 0, 1 |" in text
+    assert "of 2/3 against 2/2: p = 1.00." in text
     assert (tmp_path / "parity.png").stat().st_size > 5000 and text.rstrip().endswith("(parity.png)")
