@@ -126,3 +126,14 @@ def test_the_report_lists_every_run_and_pairs_the_seeds(tmp_path):
     assert "| qajax | 3 | 2 | 0, 1 |" in text and "| pytorch | 2 | 2 | 0, 1 |" in text
     assert "of 2/3 against 2/2: p = 1.00." in text
     assert (tmp_path / "parity.png").stat().st_size > 5000 and text.rstrip().endswith("(parity.png)")
+
+
+@pytest.mark.slow  # about 80 s: the real checkpoint and split, one compile, 3 steps of each arm
+def test_the_two_arms_take_the_same_training_steps_on_real_windows():
+    from qajax.pretrained import MINILM_INSTALL, minilm_dir
+    from tests.tasks.squad.test_metric import DEV_PART
+
+    if minilm_dir() is None or not DEV_PART.exists():
+        pytest.skip(f"needs the MiniLM checkpoint ({MINILM_INSTALL}) and {DEV_PART}")
+    result = load_script("parity_squad").check([])  # raises where the arms differ
+    assert len(result["per_step"]) == 3 and result["update_difference_relative"] < 1e-3

@@ -18,6 +18,7 @@ go to docs/results/accuracy_parity_squad.jsonl as each run ends, and the report 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -203,6 +204,83 @@ def _run_pytorch(config, data: dict, workdir: Path) -> dict:
             "train_seconds": trained["seconds"], **row_scores(metrics)}  # fmt: skip
 
 
+def check(overrides, steps: int = 3, batch_size: int = 16) -> dict:
+    """The two arms as functions, dropout and warmup off: both start from the same weights (qajax's initial parameters,
+    fresh head included, copied into the torch model through the HF export names), take `steps` training
+    steps on the same batches of full-length windows (no padding, so both losses are the same function), and
+    are compared step by step: loss, gradient norm before clipping, and after the steps the parameters' change
+    (qajax's against torch's, relative to torch's). Raises where they differ beyond float32 rounding."""
+    import jax
+    import torch
+
+    from qajax.hf import to_hf_flat
+    from qajax.hf.weights import flax_path_to_torch
+    from qajax.run import prepare
+
+    torch.set_num_threads(1)
+    # No warmup: the first steps' updates at warmup's learning rates (~1e-6) are a few float32 ulps of the
+    # weights, where the two optimizers' different rounding (torch decays and steps in two multiplies, qajax in
+    # one expression) would be all one saw.
+    dropout_off = ("model.hidden_dropout=0.0", "model.attention_dropout=0.0", "optimizer.warmup_ratio=0.0")
+    config = load_config([*PARITY, *dropout_off, *overrides])
+    data = read_data(config)
+    prepared = prepare(config)
+    task, parallel = prepared.task, prepared.parallel
+    keys = list(next(iter(task.train_batches(**prepared.iterator_args))))
+    full = np.flatnonzero(torch_squad.window_lengths(data["train"]["attention_mask"]) == config.task.max_seq_length)
+    if len(full) < steps * batch_size:
+        raise ValueError(f"{len(full)} full-length windows, {steps * batch_size} needed")
+    batches = [full[k * batch_size : (k + 1) * batch_size] for k in range(steps)]
+
+    recipe = dataclasses.replace(recipe_of(config), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = torch_squad.load_model(model_folder(config), recipe)
+    initial = dict(flax_path_to_torch(p, v) for p, v in to_hf_flat(task.initial_params, task.spec).items())
+    missing, unexpected = model.load_state_dict({k: torch.tensor(v) for k, v in initial.items()}, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+        raise AssertionError(f"weights do not map: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    optimizer, schedule = torch_squad.make_optimizer(model, recipe, prepared.total_steps)
+    model.train()
+
+    state = parallel.create_state(prepared.make_state, task.initial_params)
+    step_fn = prepared.compiled_step()
+    per_step = []
+    for k, rows in enumerate(batches):
+        state, metrics = step_fn(state, parallel.place_batch({key: data["train"][key][rows] for key in keys}))
+        loss = model(**torch_squad.torch_batch(data["train"], rows)).loss
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        ours = {name: float(jax.device_get(metrics[name])) for name in ("train/loss", "train/grad_norm")}
+        per_step.append({"step": k, "lr_torch": schedule.get_last_lr()[0], "loss_qajax": ours["train/loss"],
+                         "loss_torch": float(loss.detach()), "grad_norm_qajax": ours["train/grad_norm"],
+                         "grad_norm_torch": float(norm)})  # fmt: skip
+    final = dict(flax_path_to_torch(p, v) for p, v in to_hf_flat(jax.device_get(state.params), task.spec).items())
+    theirs = {k: v.detach().numpy() for k, v in model.state_dict().items() if k in final}
+    delta_q = np.concatenate([(final[k] - initial[k]).ravel() for k in theirs])
+    delta_t = np.concatenate([(theirs[k] - initial[k]).ravel() for k in theirs])
+    result = {
+        "batches": f"{steps} x {batch_size} windows of {config.task.max_seq_length} tokens (no padding)",
+        "per_step": per_step,
+        "parameters": len(theirs),
+        "update_norm_torch": float(np.linalg.norm(delta_t)),
+        "update_difference_relative": float(np.linalg.norm(delta_q - delta_t) / np.linalg.norm(delta_t)),
+        "largest_differences": {  # per tensor: |update difference| / |torch's update|, the five largest
+            k: float(np.linalg.norm(final[k] - theirs[k]) / max(np.linalg.norm(theirs[k] - initial[k]), 1e-30))
+            for k in sorted(theirs, key=lambda k: -np.linalg.norm(final[k] - theirs[k]))[:5]
+        },
+    }
+    for row in per_step:
+        for name in ("loss", "grad_norm"):
+            a, b = row[f"{name}_qajax"], row[f"{name}_torch"]
+            if abs(a - b) > 1e-4 * max(1.0, abs(b)):
+                raise AssertionError(f"step {row['step']}: {name} {a} (qajax) vs {b} (torch): {json.dumps(result)}")
+    if result["update_difference_relative"] > 1e-3:
+        raise AssertionError(f"the parameter updates differ: {json.dumps(result)}")
+    return result
+
+
 def estimate(overrides, steps: int) -> dict:
     """Times `steps` training steps of each arm on the real batches and projects a whole run's training minutes
     (steps that compile are counted apart: qajax compiles once per batch width)."""
@@ -275,6 +353,9 @@ def main(argv=None) -> int:
     if argv == ["--rewrite-report"]:  # from the rows, after a change here
         rows = [json.loads(line) for line in REPORT.with_suffix(".jsonl").read_text().splitlines()]
         write_report(rows, REPORT)
+        return 0
+    if argv[:1] == ["--check"]:  # the arms as functions (see `check`); prints what it compared
+        print(json.dumps(check(argv[1:]), indent=1), flush=True)
         return 0
     if argv[:1] == ["--estimate"]:
         from qajax.host_memory import keep_freed_host_memory
