@@ -254,6 +254,8 @@ def pallas_attention(
         if dropout_rate:
             _warn_no_attention_dropout("pallas", dropout_rate)
         return splash_attention(query, key, value, mask, interpret=interpret)
+    if dropout_rate and dropout_key is None:
+        raise ValueError(f"pallas attention with dropout rate {dropout_rate}: needs a dropout_key (jax.random key)")
     query_ids, key_ids = pallas_segment_ids(mask)
     flat = lambda x: x.reshape(batch, seq, heads * head_dim)
     # Seeds per example are drawn outside the kernel from the global batch, so every shard differs.
