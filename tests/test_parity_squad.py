@@ -47,6 +47,21 @@ def test_length_grouped_batches_cover_each_window_once_and_pad_to_the_longest():
     assert batch["start_positions"].tolist() == arrays["start_positions"][first[1]].tolist()
 
 
+def test_the_diagnostic_loss_leaves_the_padding_out_of_the_softmax():
+    ts = load_script("torch_squad")
+    arrays, model = _windows(), _tiny_model().eval()
+    batch = ts.torch_batch(arrays, np.arange(6))
+    with torch.no_grad():
+        masked, out = float(ts.masked_span_loss(model, batch)), model(**batch)
+    expected = []
+    for logits, labels in ((out.start_logits, batch["start_positions"]), (out.end_logits, batch["end_positions"])):
+        for row, label in enumerate(labels.tolist()):
+            real = logits[row, : int(batch["attention_mask"][row].sum())].double().numpy()
+            expected.append(np.log(np.exp(real - real.max()).sum()) + real.max() - real[label])
+    assert masked == pytest.approx(np.mean(expected), rel=1e-5)  # the mean over windows of (CE_s + CE_e) / 2
+    assert masked < float(out.loss)  # the model's own loss also spreads mass over the padding
+
+
 def test_the_loss_is_hf_span_loss_over_the_padded_batch_and_predictions_ignore_the_padding():
     ts = load_script("torch_squad")
     arrays, model = _windows(), _tiny_model().eval()
@@ -111,11 +126,12 @@ def _row(arm: str, seed: int, f1: float, seconds: float = 1200.0) -> dict:
 def test_the_report_lists_every_run_and_pairs_the_seeds(tmp_path):
     report = load_script("parity_report")
     rows = [_row("qajax", 0, 50.0), _row("pytorch", 0, 49.0), _row("qajax", 1, 52.0), _row("pytorch", 1, 50.0),
-            _row("qajax", 2, 40.0)]  # a seed whose pair did not run: in the means, out of the differences  # fmt: skip
+            _row("qajax", 2, 40.0),  # a seed whose pair did not run: in the means, out of the differences
+            _row("pytorch-masked", 0, 45.0)]  # the diagnostic arm: listed, outside the pairs and the test  # fmt: skip
     path = tmp_path / "parity.md"
     report.write_report(rows, path)
     text = path.read_text()
-    assert sum(line.startswith("| 2026-12-07 |") for line in text.splitlines()) == 5
+    assert sum(line.startswith("| 2026-12-07 |") for line in text.splitlines()) == 6
     assert "| qajax | 0, 1, 2 | 20.00 ± 0.00 | 2.17 ± 0.00 | 47.33 ± 6.43 |" in text  # (50 + 52 + 40) / 3
     assert "| pytorch | 0, 1 | 20.00 ± 0.00 | 2.17 ± 0.00 | 49.50 ± 0.71 |" in text
     assert "## Paired difference qajax - pytorch (seeds 0, 1)" in text
@@ -124,7 +140,8 @@ def test_the_report_lists_every_run_and_pairs_the_seeds(tmp_path):
     assert "| batch | 16 | 16 |" in text and "| qajax | x |  |" in text
     # always-answer HasAns F1 is f1 - 10 here: 40, 42, 30 for qajax (30 is not above the line), 39, 40 for pytorch
     assert "| qajax | 3 | 2 | 0, 1 |" in text and "| pytorch | 2 | 2 | 0, 1 |" in text
-    assert "of 2/3 against 2/2: p = 1.00." in text
+    assert "| pytorch-masked | 1 | 1 | 0 |" in text and "| pytorch-masked | 0 | 20.00 ± n/a |" in text
+    assert "qajax's 2/3 against pytorch's 2/2: p = 1.00." in text
     assert (tmp_path / "parity.png").stat().st_size > 5000 and text.rstrip().endswith("(parity.png)")
 
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablation import save_figure  # noqa: E402
 
-ARM_ORDER = ("qajax", "pytorch")
+ARM_ORDER = ("qajax", "pytorch", "pytorch-masked")  # the last: a diagnostic arm, outside the pairs
 SCORES = (("F1", "f1"), ("EM", "exact"), ("HasAns F1", "HasAns_f1"), ("NoAns F1", "NoAns_f1"), ("F1@0", "f1_at_0"),
           ("always-answer HasAns F1", "always_answer_HasAns_f1"))  # fmt: skip
 
@@ -124,7 +124,7 @@ def _judgement(groups: dict, key) -> str:
     """Whether qajax is worse than the reference beyond the seed spread (the larger of the two arms' sd)."""
     seeds, d = paired(groups, key)
     value = key if callable(key) else (lambda r: r[key])
-    spreads = [np.std([value(r) for r in groups[arm].values()], ddof=1) for arm in ARM_ORDER
+    spreads = [np.std([value(r) for r in groups[arm].values()], ddof=1) for arm in ("qajax", "pytorch")
                if len(groups.get(arm, {})) > 1]  # fmt: skip
     if not seeds or not spreads:
         return "n/a (fewer than 2 seeds)"
@@ -145,18 +145,18 @@ def learned_spans_table(groups: dict) -> list[str]:
     counts = {
         arm: sum(r["always_answer_HasAns_f1"] > LEARNED_SPANS for r in seeds.values()) for arm, seeds in groups.items()
     }
-    if len(counts) < 2:
+    if "qajax" not in counts or "pytorch" not in counts:
         return []
     from scipy import stats
 
-    (a, b), (n_a, n_b) = counts.values(), (len(seeds) for seeds in groups.values())
+    (a, b), (n_a, n_b) = (counts["qajax"], counts["pytorch"]), (len(groups["qajax"]), len(groups["pytorch"]))
     p = stats.fisher_exact([[a, n_a - a], [b, n_b - b]]).pvalue
     lines = ["", f"## Runs that learned spans (always-answer HasAns F1 above {LEARNED_SPANS:g})", "",
              "| arm | runs | learned spans | seeds that did |", "|---|---|---|---|"]  # fmt: skip
     for arm, seeds in groups.items():
         did = [str(seed) for seed, r in seeds.items() if r["always_answer_HasAns_f1"] > LEARNED_SPANS]
         lines.append(f"| {arm} | {len(seeds)} | {counts[arm]} | {', '.join(did) or '-'} |")
-    lines += ["", f"Fisher's exact test, two-sided, of {a}/{n_a} against {b}/{n_b}: p = {p:.2f}."]
+    lines += ["", f"Fisher's exact test, two-sided, qajax's {a}/{n_a} against pytorch's {b}/{n_b}: p = {p:.2f}."]
     return lines
 
 

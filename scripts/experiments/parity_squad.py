@@ -44,6 +44,9 @@ REPORT = REPO / "docs" / "results" / "accuracy_parity_squad.md"
 # arms x 3 seeds do not fit the session.
 PARITY = ("train.epochs=2.0", "train.eval_every=0")
 ARMS = {"qajax": PARITY, "pytorch": PARITY}  # the same overrides: the arm is the implementation alone
+# A diagnostic arm: the PyTorch loop with qajax's loss (padding out of the softmax), the one difference of
+# recipe left between the two arms (`--check` shows the rest of the step equal). Not part of the parity.
+ARMS["pytorch-masked"] = PARITY
 DEFAULT_NO_DECAY = (r".*/bias", r".*(LayerNorm|layer_norm)/scale")  # HF's rule, as qajax's paths spell it
 
 
@@ -146,11 +149,14 @@ def settings(config, arm: str) -> dict:
                            f"rounded up to {t.length_bucket}; the epoch's remainder dropped",
                 "loss": "(CE_start + CE_end) / 2, padding masked out of the softmax",
                 "seed drives": "head init, data order, dropout (JAX PRNG streams)"}  # fmt: skip
+    loss = ("(CE_start + CE_end) / 2, padding masked out of the softmax (qajax's; the diagnostic arm)"
+            if arm == "pytorch-masked" else
+            "BertForQuestionAnswering's (CE_start + CE_end) / 2 over every position of the padded batch")  # fmt: skip
     return {**common, "optimizer": "torch.optim.AdamW (decoupled decay: p *= 1 - lr x wd)",
             "no weight decay on": "Trainer.get_decay_parameter_names: biases, LayerNorm weights",
             "batches": "Trainer group_by_length (megabatches of 50 batches sorted by length, longest first), "
                        "each padded to its longest; the last short batch kept",
-            "loss": "BertForQuestionAnswering's (CE_start + CE_end) / 2 over every position of the padded batch",
+            "loss": loss,
             "seed drives": "head init, dropout (torch.manual_seed), data order (a seeded torch.Generator)"}  # fmt: skip
 
 
@@ -164,7 +170,10 @@ def run_arm(workdir: Path, overrides: list[str], command: str, args) -> dict:
     config = load_config(overrides)
     started = time.perf_counter()
     data = read_data(config)
-    result = (_run_qajax if arm == "qajax" else _run_pytorch)(config, data, workdir)
+    if arm == "qajax":
+        result = _run_qajax(config, data, workdir)
+    else:
+        result = _run_pytorch(config, data, workdir, mask_padding=arm == "pytorch-masked")
     seconds = time.perf_counter() - started
     held_out = data["eval"][0]
     unanswerable = sum(e.is_impossible for e in held_out)
@@ -190,8 +199,8 @@ def _run_qajax(config, data: dict, workdir: Path) -> dict:
             **row_scores(summary)}  # fmt: skip
 
 
-def _run_pytorch(config, data: dict, workdir: Path) -> dict:
-    recipe = recipe_of(config)
+def _run_pytorch(config, data: dict, workdir: Path, mask_padding: bool = False) -> dict:
+    recipe = dataclasses.replace(recipe_of(config), mask_padding_in_loss=mask_padding)
     model = torch_squad.load_model(model_folder(config), recipe)
     trained = torch_squad.train(model, data["train"], recipe)
     batch = config.train.eval_batch_size

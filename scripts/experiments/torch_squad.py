@@ -46,6 +46,8 @@ class Recipe:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     log_every: int = 10  # the loss of every log_every-th step is kept (as qajax's train.log_every)
+    # A diagnostic, not run_qa's recipe: the loss with padding out of the softmax, as qajax computes it.
+    mask_padding_in_loss: bool = False
 
     def total_steps(self, num_windows: int) -> int:
         return math.ceil(self.num_train_epochs * math.ceil(num_windows / self.per_device_train_batch_size))
@@ -114,11 +116,25 @@ def make_optimizer(model, recipe: Recipe, total_steps: int):
     return optimizer, schedule
 
 
-def train_step(model, optimizer, schedule, batch: dict, max_grad_norm: float) -> float:
-    """The Trainer's step: forward with labels, backward, clip, AdamW, schedule; returns the loss."""
+def masked_span_loss(model, batch: dict):
+    """(CE_start + CE_end) / 2 with the padding's logits out of the softmax: qajax's span loss."""
     import torch
 
-    loss = model(**batch).loss
+    inputs = {k: batch[k] for k in MODEL_INPUTS}
+    out = model(**inputs)
+    padding = batch["attention_mask"] == 0
+    ce = torch.nn.functional.cross_entropy
+    start = ce(out.start_logits.masked_fill(padding, float("-inf")), batch["start_positions"])
+    end = ce(out.end_logits.masked_fill(padding, float("-inf")), batch["end_positions"])
+    return (start + end) / 2
+
+
+def train_step(model, optimizer, schedule, batch: dict, max_grad_norm: float, mask_padding: bool = False) -> float:
+    """The Trainer's step: forward with labels, backward, clip, AdamW, schedule; returns the loss.
+    `mask_padding`: qajax's loss instead of the model's (the diagnostic arm)."""
+    import torch
+
+    loss = masked_span_loss(model, batch) if mask_padding else model(**batch).loss
     loss.backward()
     if max_grad_norm > 0:  # the Trainer's max_grad_norm=0 turns clipping off
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -143,7 +159,8 @@ def train(model, arrays: dict, recipe: Recipe, *, max_steps: int | None = None) 
     stop = total if max_steps is None else min(total, max_steps)
     while step < stop:
         for rows in length_grouped_batches(lengths, recipe.per_device_train_batch_size, generator):
-            loss = train_step(model, optimizer, schedule, torch_batch(arrays, rows), recipe.max_grad_norm)
+            batch = torch_batch(arrays, rows)
+            loss = train_step(model, optimizer, schedule, batch, recipe.max_grad_norm, recipe.mask_padding_in_loss)
             step += 1
             if step % recipe.log_every == 0 or step == total:
                 losses.append([step, loss])
