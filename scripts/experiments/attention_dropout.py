@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import multitask_minilm  # noqa: E402  (the scripts beside this one)
 import squad_split  # noqa: E402
 from ablation import run_variants, save_figure  # noqa: E402
+from seeded_runs import latest_by_seed, paired_differences, t_half_width  # noqa: E402
 
 REPORT = multitask_minilm.REPO / "docs" / "results" / "attention_dropout.md"
 COMMON = ("model.attention_implementation=explicit",)
@@ -163,15 +164,13 @@ def write_report(rows: list[dict], path: Path) -> None:
 
 
 def _task_tables(runs: list[dict], scores, fmt: str) -> list[str]:
-    from scipy import stats
-
     names = [name for name, _ in scores]
     lines = ["| date | commit | seed | attention dropout | minutes | " + " | ".join(names) + " |",
              "|---" * (5 + len(names)) + "|"]  # fmt: skip
     for r in runs:
         cells = [r["date"], r.get("commit", ""), str(r["seed"]), r["variant"], f"{r['seconds'] / 60:.1f}"]
         lines.append("| " + " | ".join(cells + [fmt.format(score(r, key)) for _, key in scores]) + " |")
-    by_seed = _by_variant_and_seed(runs)
+    by_seed = latest_by_seed(runs, VARIANTS)
     lines += ["", "| attention dropout | seeds | " + " | ".join(f"{n}: mean ± sd" for n in names) + " |",
               "|---" * (2 + len(names)) + "|"]  # fmt: skip
     for variant, seeds in by_seed.items():
@@ -187,25 +186,14 @@ def _task_tables(runs: list[dict], scores, fmt: str) -> list[str]:
                   "in brackets):", "", "| | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]  # fmt: skip
         cells = ["0.0 - 0.1: mean [95% interval] (per seed)"]
         for _, key in scores:
-            d = np.array([score(by_seed["0.0"][s], key) - score(by_seed["0.1"][s], key) for s in paired])
+            _, d = paired_differences(by_seed, "0.0", "0.1", lambda r, key=key: score(r, key))
             signed = fmt.replace("{:", "{:+")
             each = ", ".join(signed.format(v) for v in d)
-            if len(d) > 1:
-                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-                interval = f"[{fmt.format(d.mean() - half)}, {fmt.format(d.mean() + half)}]"
-            else:
-                interval = "[n/a]"  # one pair: no interval
+            half = t_half_width(d)  # None for one pair: no interval
+            interval = "[n/a]" if half is None else f"[{fmt.format(d.mean() - half)}, {fmt.format(d.mean() + half)}]"
             cells.append(f"{signed.format(d.mean())} {interval} ({each})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
-
-
-def _by_variant_and_seed(runs: list[dict]) -> dict[str, dict[int, dict]]:
-    """{variant: {seed: its latest row}}, the variants in VARIANTS' order."""
-    groups = {variant: {} for variant in VARIANTS}
-    for r in runs:
-        groups[r["variant"]][r["seed"]] = r
-    return {variant: dict(sorted(seeds.items())) for variant, seeds in groups.items() if seeds}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -221,7 +209,7 @@ def plot(rows: list[dict], path: Path) -> None:
     columns = max(len(s) for _, s in panels)
     fig, axes = plt.subplots(len(panels), columns, figsize=(2.3 * columns, 2.6 * len(panels)), squeeze=False)
     for row_axes, (task, scores) in zip(axes, panels, strict=True):
-        groups = _by_variant_and_seed([r for r in rows if r["task"] == task and not r.get("note")])
+        groups = latest_by_seed([r for r in rows if r["task"] == task], VARIANTS)
         for ax, (name, key) in zip(row_axes, scores, strict=False):
             for x, seeds in enumerate(groups.values()):
                 ax.plot([x - 0.25, x + 0.25], [np.mean([score(r, key) for r in seeds.values()])] * 2, f"C{x}-", lw=3)

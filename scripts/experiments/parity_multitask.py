@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import multitask_minilm  # noqa: E402  (the scripts beside this one)
 from ablation import _commit, save_figure  # noqa: E402
+from seeded_runs import latest_by_seed, paired_differences, t_half_width  # noqa: E402
 
 SCRIPT = "scripts/experiments/parity_multitask.py"
 REPORT = multitask_minilm.REPO / "docs" / "results" / "accuracy_parity_multitask.md"
@@ -320,18 +321,12 @@ math, which the check above ties to 2e-6.
 
 def by_arm_and_seed(rows: list[dict]) -> dict[str, dict[int, dict]]:
     """{arm: {seed: its latest row}} in ARMS' order; rows carrying a note (superseded) are left out."""
-    groups: dict[str, dict[int, dict]] = {arm: {} for arm in ARMS}
-    for r in rows:
-        if not r.get("note"):
-            groups[r["arm"]][r["seed"]] = r
-    return {arm: dict(sorted(seeds.items())) for arm, seeds in groups.items() if seeds}
+    return latest_by_seed(rows, ARMS, group="arm")
 
 
 def paired(groups: dict, key: str) -> tuple[list[int], np.ndarray]:
     """The seeds both arms ran and qajax - pytorch per seed."""
-    seeds = sorted(set(groups.get("qajax", {})) & set(groups.get("pytorch", {})))
-    diffs = [groups["qajax"][s]["scores"][key] - groups["pytorch"][s]["scores"][key] for s in seeds]
-    return seeds, np.asarray(diffs)
+    return paired_differences(groups, "qajax", "pytorch", lambda r: r["scores"][key])
 
 
 def spread_verdict(mean_diff: float, sds: list[float]) -> str:
@@ -346,8 +341,6 @@ def spread_verdict(mean_diff: float, sds: list[float]) -> str:
 
 def write_report(rows: list[dict], path: Path) -> None:
     """Protocol, hyperparameters, every run, mean ± sd per arm, the paired differences, the verdict, a PNG."""
-    from scipy import stats
-
     from qajax.files import atomic_write_text
 
     groups = by_arm_and_seed(rows)
@@ -436,11 +429,8 @@ def write_report(rows: list[dict], path: Path) -> None:
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for name, key in SCORES:
             _, d = paired(groups, key)
-            if len(d) > 1:
-                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-                interval = f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
-            else:
-                interval = "n/a"
+            half = t_half_width(d)
+            interval = "n/a" if half is None else f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
             arm_sds = [sds.get((arm, key), float("nan")) for arm in ARMS]
             each = ", ".join(f"{v:+.3f}" for v in d)
             spread = " / ".join("n/a" if np.isnan(s) else f"{s:.3f}" for s in arm_sds)

@@ -11,6 +11,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablation import save_figure  # noqa: E402
+from seeded_runs import latest_by_seed, paired_differences, t_half_width  # noqa: E402
 
 ARM_ORDER = ("qajax", "pytorch", "pytorch-masked")  # the last: a diagnostic arm, outside the pairs
 SCORES = (("F1", "f1"), ("EM", "exact"), ("HasAns F1", "HasAns_f1"), ("NoAns F1", "NoAns_f1"), ("F1@0", "f1_at_0"),
@@ -114,11 +115,7 @@ of this size needs runs that learn spans reliably (5 epochs here, ~50 minutes a 
 
 def by_arm_and_seed(rows: list[dict]) -> dict[str, dict[int, dict]]:
     """{arm: {seed: its latest row}}, arms in ARM_ORDER; rows carrying a note (superseded) are left out."""
-    groups: dict[str, dict[int, dict]] = {}
-    for r in rows:
-        if not r.get("note"):
-            groups.setdefault(r["variant"], {})[r["seed"]] = r
-    return {arm: dict(sorted(groups[arm].items())) for arm in ARM_ORDER if arm in groups}
+    return latest_by_seed(rows, ARM_ORDER)
 
 
 def final_loss(row: dict, last: int = 5) -> float:
@@ -128,9 +125,7 @@ def final_loss(row: dict, last: int = 5) -> float:
 
 def paired(groups: dict, key) -> tuple[list[int], np.ndarray]:
     """(seeds run by both arms, qajax - pytorch per seed)."""
-    seeds = sorted(set(groups.get("qajax", {})) & set(groups.get("pytorch", {})))
-    value = key if callable(key) else (lambda r: r[key])
-    return seeds, np.array([value(groups["qajax"][s]) - value(groups["pytorch"][s]) for s in seeds])
+    return paired_differences(groups, "qajax", "pytorch", key if callable(key) else (lambda r: r[key]))
 
 
 def _mean_sd(values) -> str:
@@ -139,12 +134,8 @@ def _mean_sd(values) -> str:
 
 
 def _interval(d: np.ndarray) -> str:
-    if len(d) < 2:
-        return "[n/a]"
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
+    half = t_half_width(d)
+    return "[n/a]" if half is None else f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]"
 
 
 def _judgement(groups: dict, key) -> str:
