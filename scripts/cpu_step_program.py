@@ -44,11 +44,14 @@ def main() -> None:
     import jax
 
     from qajax import config as qconfig
-    from qajax.compile.report import _compile_train
+    from qajax.compile import report
     from qajax.run import prepare_for_shapes
 
+    # Older checkouts (the ones this compares against) name it _compile_train.
+    compile_train_step = getattr(report, "compile_train_step", None) or report._compile_train
+
     prepared, batch_shapes = prepare_for_shapes(qconfig.load(args.config, args.overrides), jax.devices())
-    compiled = _compile_train(prepared, batch_shapes)
+    compiled = compile_train_step(prepared, batch_shapes)
     reduced = reduce_hlo(compiled.hlo_text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -49,7 +49,7 @@ def compile_config(config, target: Target, *, devices=None, eval_step: bool = Tr
     prepared, batch_shapes = prepare_for_shapes(config, devices)
     parallel, t = prepared.parallel, config.train
     started = time.perf_counter()
-    train = _compile_train(prepared, batch_shapes)
+    train = compile_train_step(prepared, batch_shapes)
     evaluation = _compile_eval(prepared, batch_shapes) if eval_step and not train.refused else None
     compile_seconds = time.perf_counter() - started
 
@@ -145,7 +145,7 @@ def _finish(lowered, started: float) -> Compiled:
     return Compiled(_memory(compiled), flops, moved, compiled.as_text(), time.perf_counter() - started)
 
 
-def _compile_train(prepared, batch_shapes) -> Compiled:
+def compile_train_step(prepared, batch_shapes) -> Compiled:
     parallel, t = prepared.parallel, prepared.config.train
     started = time.perf_counter()
     if parallel.mode == "pmap":
